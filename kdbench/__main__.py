@@ -1,0 +1,5 @@
+"""Allow `python -m kdbench`."""
+
+from kdbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The method registry: `@register("name")` on an `nn.Module`, then `build(name, **hparams)`.
+
+A method is a loss. Its `__init__` keyword arguments are its hyper-parameters (typed and
+defaulted), and its forward is::
+
+    forward(student_logits, teacher_logits, targets, *, epoch: int) -> dict[str, Tensor]
+
+returning named, already-weighted scalar terms whose sum is the training loss. `epoch` is
+1-based and drives warm-up. Methods are found in the repository's `methods/` folder, in
+every folder of `KDBENCH_METHODS_PATH` (os.pathsep-separated) or `--methods-dir`, and in
+the `kdbench.methods` entry-point group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kdbench.errors import KdbenchError
+from kdbench.hparams import HParam, resolve, signature_hparams
+from kdbench.registry import Registry
+
+ENV_PATH = "KDBENCH_METHODS_PATH"
+ENTRY_POINT_GROUP = "kdbench.methods"
+
+_registry: Registry[type[nn.Module]] = Registry("method")
+_extra_dirs: list[Path] = []
+_loaded_files: set[str] = set()
+_loaded_entry_points = False
+
+
+def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator that registers an `nn.Module` loss under `name`."""
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        source = inspect.getsourcefile(cls) or getattr(sys.modules.get(cls.__module__), "__file__", "?")
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise KdbenchError(f"{source}: @register('{name}') must decorate an nn.Module subclass")
+        _registry.add(name, cls, source=str(source))
+        return cls
+
+    return decorator
+
+
+def builtin_methods_dir() -> Path | None:
+    """The folder holding the built-in methods: the repository's `methods/`, or its installed copy."""
+    repo_dir = Path(__file__).resolve().parent.parent / "methods"
+    if repo_dir.is_dir():
+        return repo_dir
+    spec = importlib.util.find_spec("kdbench_methods")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return None
+
+
+def add_search_path(folder: str | os.PathLike) -> None:
+    """Also import every method file in `folder` (what `--methods-dir` does)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise KdbenchError(f"--methods-dir {folder}: not a folder")
+    _extra_dirs.append(path)
+
+
+def search_dirs() -> list[Path]:
+    """Every folder scanned for method files, in order."""
+    dirs = [d for d in [builtin_methods_dir()] if d is not None]
+    for entry in os.environ.get(ENV_PATH, "").split(os.pathsep):
+        if entry.strip():
+            path = Path(entry.strip())
+            if not path.is_dir():
+                raise KdbenchError(f"{ENV_PATH}: '{entry}' is not a folder")
+            dirs.append(path)
+    return dirs + _extra_dirs
+
+
+def discover() -> None:
+    """Import every method file and entry point not imported yet. Safe to call often."""
+    global _loaded_entry_points
+    for folder in search_dirs():
+        for file in sorted(folder.glob("*.py")):
+            if not file.name.startswith("_"):
+                _import_file(file)
+    if not _loaded_entry_points:
+        _loaded_entry_points = True
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry_point.load()
+            except Exception as exc:  # a broken plug-in must not hide the others' errors
+                raise KdbenchError(
+                    f"entry point '{entry_point.name}' ({entry_point.value}) in group "
+                    f"{ENTRY_POINT_GROUP}: cannot import: {type(exc).__name__}: {exc}"
+                ) from None
+
+
+def _import_file(file: Path) -> None:
+    key = str(file.resolve())
+    if key in _loaded_files:
+        return
+    _loaded_files.add(key)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    module_name = f"kdbench_plugin_{digest}_{file.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise KdbenchError(f"{file}: cannot import method file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except KdbenchError:
+        raise
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise KdbenchError(f"{file}: cannot import method file: {type(exc).__name__}: {exc}") from None
+
+
+def available() -> list[str]:
+    """Names of every registered method, sorted."""
+    discover()
+    return _registry.names()
+
+
+def method_class(name: str) -> type[nn.Module]:
+    """The class registered as `name`."""
+    discover()
+    return _registry.get(name)
+
+
+def hparams_of(name: str) -> list[HParam]:
+    """The hyper-parameters of method `name`, read from its `__init__` signature."""
+    return signature_hparams(method_class(name).__init__)
+
+
+def resolve_hparams(name: str, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`hparams` with defaults filled in, checked for unknown keys and wrong types."""
+    return resolve("method", name, hparams_of(name), dict(hparams or {}))
+
+
+def build(name: str, **hparams: Any) -> nn.Module:
+    """An instance of method `name`, with its hyper-parameters validated.
+
+    The instance detaches the teacher logits and computes on float32 logits, whatever the
+    caller passes: methods never send gradient to the teacher, and under bf16 autocast
+    their softmax and KL still run in float32.
+    """
+    cls = method_class(name)
+    resolved = resolve_hparams(name, hparams)
+    module = cls(**resolved)
+    module.kdbench_name = name
+    module.kdbench_hparams = resolved
+    module.register_forward_pre_hook(_prepare_inputs, with_kwargs=True)
+    return module
+
+
+def _prepare_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if len(args) >= 2:
+        student, teacher, *rest = args
+        args = (_to_float(student), _to_float(teacher).detach(), *rest)
+    return args, kwargs
+
+
+def _to_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
+
+
+def needs_teacher(method: nn.Module) -> bool:
+    """False for methods (like `vanilla`) that declare `needs_teacher = False`."""
+    return bool(getattr(method, "needs_teacher", True))
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What `describe()` reports: the name, the docstring's first line and the hyper-parameters."""
+
+    name: str
+    summary: str
+    hparams: list[HParam]
+    source: str
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {self.summary}"]
+        for p in self.hparams:
+            default = "required" if p.required else repr(p.default)
+            lines.append(f"  {p.name}: {p.type_name()} = {default}")
+        return "\n".join(lines)
+
+
+def describe(name: str) -> MethodInfo:
+    """The one-line description and the hyper-parameters (types, defaults) of method `name`."""
+    cls = method_class(name)
+    doc = inspect.getdoc(cls) or ""
+    summary = doc.strip().splitlines()[0] if doc.strip() else "(no description)"
+    canonical = _registry.canonical(name)
+    return MethodInfo(canonical, summary, hparams_of(name), _registry.source(name))

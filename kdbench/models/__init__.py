@@ -1,0 +1,1 @@
+"""CIFAR and ImageNet model zoo."""

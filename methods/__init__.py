@@ -1,0 +1,1 @@
+"""Built-in distillation losses, one per file. kdbench imports every module here by path."""
