@@ -43,9 +43,9 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator that registers an `nn.Module` loss under `name`."""
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-        source = inspect.getsourcefile(cls) or getattr(sys.modules.get(cls.__module__), "__file__", "?")
+        source = getattr(sys.modules.get(getattr(cls, "__module__", "")), "__file__", None) or "<unknown>"
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise KdbenchError(f"{source}: @register('{name}') must decorate an nn.Module subclass")
+            raise KdbenchError(f"{source}: @register('{name}') must decorate an nn.Module subclass, got {cls!r}")
         _registry.add(name, cls, source=str(source))
         return cls
 
