@@ -1,0 +1,233 @@
+"""A grid expands into runs (pair × variant × seed), and runs group into cohorts.
+
+A run's config is everything that decides what is trained, fully resolved; its `run_id`
+is the first 12 hex digits of the SHA-256 of that config's canonical JSON. Grid names,
+variant labels, evaluation batch size, cohort limits and the data root are not part of it,
+so editing them (or adding seeds, pairs and variants) leaves existing runs' ids alone.
+
+A cohort is the runs that can train together: one teacher forward per batch, shared by
+members with the same dataset, teacher, seed, epoch count, batch size and speed options.
+Members keep their own optimizer and LR schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from kdbench.config import Grid, Pair
+from kdbench.errors import KdbenchError
+
+# Students that the reference recipe trains at LR 0.01 instead of 0.05 (lower-case).
+SMALL_LR_STUDENTS = frozenset({"shufflev1", "shufflev2", "mobilenetv2"})
+AUTO_LR = 0.05
+AUTO_LR_SMALL = 0.01
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the text that ids hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def config_hash(obj: Any) -> str:
+    """The first 12 hex digits of the SHA-256 of `obj`'s canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:12]
+
+
+def lr_for(student: str, schedule: dict[str, Any]) -> float:
+    """The schedule's base LR for `student`: `lr` itself, or for "auto" 0.01 (ShuffleV1/V2, MobileNetV2) or 0.05."""
+    lr = schedule.get("lr", "auto")
+    if lr == "auto":
+        return AUTO_LR_SMALL if student.lower() in SMALL_LR_STUDENTS else AUTO_LR
+    return float(lr)
+
+
+def resolve_schedule(model: str, schedule: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `schedule` with `lr` a number (the auto rule applied for `model`)."""
+    return {**schedule, "lr": lr_for(model, schedule), "milestones": list(schedule["milestones"])}
+
+
+def lr_at(schedule: dict[str, Any], epoch: int) -> float:
+    """The LR of 1-based `epoch` under a resolved schedule: lr · lr_decay^(milestones < epoch)."""
+    steps = sum(1 for m in schedule["milestones"] if m < epoch)
+    return float(schedule["lr"]) * float(schedule["lr_decay"]) ** steps
+
+
+def teacher_training_config(grid: Grid, pair: Pair) -> dict[str, Any]:
+    """What training `pair`'s teacher in the grid means: arch, dataset spec, seed and resolved schedule.
+
+    Its `teacher_training_id` names the cache folder `<results>/teachers/<id>/`; it goes
+    into the run config of every student of a `checkpoint: train` teacher.
+    """
+    if pair.teacher is None:
+        raise ValueError(f"pairs[{pair.index}] has no teacher")
+    return _json_clean({
+        "arch": pair.teacher.arch,
+        "dataset": grid.dataset,
+        "seed": pair.teacher.seed,
+        "schedule": resolve_schedule(pair.teacher.arch, pair.teacher.schedule),
+    })
+
+
+def teacher_training_id(grid: Grid, pair: Pair) -> str:
+    """The hash of `teacher_training_config(grid, pair)`."""
+    return config_hash(teacher_training_config(grid, pair))
+
+
+def teacher_config(grid: Grid, pair: Pair) -> dict[str, Any] | None:
+    """The teacher as a run config holds it: `{arch, checkpoint}` (plus `train_id` for trained ones), or None."""
+    if pair.teacher is None:
+        return None
+    out: dict[str, Any] = {"arch": pair.teacher.arch, "checkpoint": pair.teacher.checkpoint}
+    if pair.teacher.checkpoint == "train":
+        out["train_id"] = teacher_training_id(grid, pair)
+    return out
+
+
+RUN_OPTION_KEYS = ("precision", "channels_last", "compile")
+
+
+def run_config(grid: Grid, pair: Pair, label: str, seed: int) -> dict[str, Any]:
+    """The fully resolved config of one run: what `run_id` hashes and `config.yaml` holds."""
+    variant = grid.variant(label)
+    schedule = resolve_schedule(pair.student, {**grid.schedule, **pair.schedule})
+    return _json_clean({
+        "dataset": grid.dataset,
+        "teacher": teacher_config(grid, pair),
+        "student": pair.student,
+        "method": variant.method,
+        "hparams": pair.hparams[label],
+        "seed": seed,
+        "schedule": schedule,
+        "options": {k: grid.options[k] for k in RUN_OPTION_KEYS},
+    })
+
+
+def cohort_key_of(config: dict[str, Any]) -> dict[str, Any]:
+    """What members of one cohort share, read from a run config."""
+    return {
+        "dataset": config["dataset"],
+        "teacher": config["teacher"],
+        "seed": config["seed"],
+        "epochs": config["schedule"]["epochs"],
+        "batch_size": config["schedule"]["batch_size"],
+        "options": config["options"],
+    }
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run. `config` is the resolved run config (treat it as read-only).
+
+    `pair` is `"teacher->student"` (`"->student"` without a teacher), `variant` the
+    table row label, `teacher` the teacher's arch or None, `cohort_key` the hash of
+    `cohort_key_of(config)`.
+    """
+
+    run_id: str
+    config: dict[str, Any]
+    pair: str
+    variant: str
+    method: str
+    student: str
+    teacher: str | None
+    seed: int
+    cohort_key: str
+
+    def __hash__(self) -> int:
+        return hash(self.run_id)
+
+
+def plan(grid: Grid) -> list[Run]:
+    """Every run of `grid`: pairs in file order, then variants in file order, then seeds."""
+    runs: list[Run] = []
+    where: dict[str, str] = {}
+    for pair in grid.pairs:
+        for label in pair.variants:
+            for seed in grid.seeds:
+                config = run_config(grid, pair, label, seed)
+                run = Run(
+                    run_id=config_hash(config), config=config, pair=pair.name, variant=label,
+                    method=config["method"], student=pair.student,
+                    teacher=pair.teacher.arch if pair.teacher else None, seed=seed,
+                    cohort_key=config_hash(cohort_key_of(config)),
+                )
+                here = f"pairs[{pair.index}] variant '{label}' seed {seed}"
+                if run.run_id in where:  # config validation should make this impossible
+                    raise KdbenchError(f"{grid.source}: {here} and {where[run.run_id]} are the same run ({run.run_id})")
+                where[run.run_id] = here
+                runs.append(run)
+    return runs
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Runs trained together: one teacher (or none), one dataset, seed, epoch count and batch size.
+
+    `key` is the members' shared `cohort_key`; `cohort_id` hashes it with the member
+    run_ids, so a split cohort's parts have different ids.
+    """
+
+    cohort_id: str
+    key: str
+    teacher: dict[str, Any] | None
+    dataset: dict[str, Any]
+    seed: int
+    epochs: int
+    batch_size: int
+    options: dict[str, Any]
+    runs: tuple[Run, ...]
+
+    def __hash__(self) -> int:
+        return hash(self.cohort_id)
+
+
+def cohorts(runs: list[Run], max_size: int = 0) -> list[Cohort]:
+    """Group `runs` by `cohort_key` in first-seen order; with `max_size` > 0 split bigger groups evenly.
+
+    A group of n runs splits into ceil(n / max_size) parts whose sizes differ by at most
+    one, members kept in order. A pure function of its arguments.
+    """
+    if max_size < 0:
+        raise ValueError(f"max_size must be >= 0, got {max_size}")
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.cohort_key, []).append(run)
+    out: list[Cohort] = []
+    for key, members in groups.items():
+        parts = math.ceil(len(members) / max_size) if max_size else 1
+        size, extra = divmod(len(members), parts)
+        start = 0
+        for i in range(parts):
+            end = start + size + (1 if i < extra else 0)
+            out.append(_cohort(key, members[start:end]))
+            start = end
+    return out
+
+
+def _cohort(key: str, members: list[Run]) -> Cohort:
+    shared = cohort_key_of(members[0].config)
+    return Cohort(
+        cohort_id=config_hash({"key": key, "runs": sorted(r.run_id for r in members)}),
+        key=key, teacher=shared["teacher"], dataset=shared["dataset"], seed=shared["seed"],
+        epochs=shared["epochs"], batch_size=shared["batch_size"], options=shared["options"],
+        runs=tuple(members),
+    )
+
+
+def describe_plan(runs: list[Run], cohorts: list[Cohort]) -> list[dict[str, Any]]:
+    """One row per run for the dry-run table: run_id, pair, variant, seed, cohort (its cohort_id)."""
+    cohort_of = {r.run_id: c.cohort_id for c in cohorts for r in c.runs}
+    return [
+        {"run_id": r.run_id, "pair": r.pair, "variant": r.variant, "seed": r.seed, "cohort": cohort_of.get(r.run_id)}
+        for r in runs
+    ]
+
+
+def _json_clean(obj: Any) -> Any:
+    # Round-trip through JSON (key order kept) so that tuples become lists and the dict
+    # equals what config.yaml reads back: the hash and the stored config never disagree.
+    return json.loads(json.dumps(obj, allow_nan=False))
