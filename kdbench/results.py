@@ -1,0 +1,162 @@
+"""Run records: reading `results/<grid>/runs/<run_id>/` into pandas frames.
+
+Loading (this part): `load(results_dir, grid=None)` gives one row per run from every
+`summary.json`; `load_metrics(results_dir, grid=None)` gives one row per finished epoch
+from every `metrics.jsonl`. A file that cannot be read or parsed is skipped with a
+`ResultsWarning`, never a crash: a run may be writing its record while we read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from kdbench.errors import KdbenchError
+
+__all__ = [
+    "METRIC_COLUMNS", "SUMMARY_COLUMNS", "ResultsWarning", "grid_names", "load", "load_metrics",
+]
+
+# Every summary.json field (docs/design.md, "Run record"); missing ones become NaN/None so
+# that downstream code can rely on the columns existing.
+SUMMARY_COLUMNS = [
+    "run_id", "grid", "cohort", "dataset", "dataset_spec", "pair", "teacher", "teacher_checkpoint",
+    "teacher_sha256", "teacher_top1", "student", "method", "variant", "hparams", "seed", "schedule",
+    "options", "status", "failure", "epochs", "epochs_done", "final_top1", "final_top5", "best_top1",
+    "best_epoch", "val_selected_top1", "best_val_epoch", "final_top1_teacher_wrong",
+    "final_top1_teacher_right", "wall_seconds", "cohort_size", "device", "environment",
+    "started_at", "finished_at",
+]
+_NUMERIC = [
+    "teacher_top1", "epochs", "epochs_done", "final_top1", "final_top5", "best_top1", "best_epoch",
+    "val_selected_top1", "best_val_epoch", "final_top1_teacher_wrong", "final_top1_teacher_right",
+    "wall_seconds", "cohort_size",
+]
+# Columns every metrics frame has, whatever the epochs hold.
+METRIC_COLUMNS = ["grid", "run_id", "epoch"]
+
+
+class ResultsWarning(UserWarning):
+    """A run record that could not be read and was skipped."""
+
+
+def grid_names(results_dir: str | os.PathLike) -> list[str]:
+    """Names of the grids under `results_dir` (folders holding a `runs/` folder), sorted."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir())
+
+
+def _run_dirs(results_dir: str | os.PathLike, grid: str | None) -> Iterator[tuple[str, Path]]:
+    root = Path(results_dir)
+    grids = grid_names(root)
+    if grid is not None:
+        if grid not in grids:
+            known = ", ".join(grids) if grids else "none"
+            raise KdbenchError(f"{root}/{grid}: no such grid in {root}/ (grids there: {known})")
+        grids = [grid]
+    for name in grids:
+        for run in sorted((root / name / "runs").iterdir()):
+            if run.is_dir():
+                yield name, run
+
+
+def _no_results(results_dir: str | os.PathLike) -> KdbenchError:
+    return KdbenchError(f"no results under {Path(results_dir)}/: run `kdbench run GRID` first")
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.warn(f"{path}: skipped, unreadable ({exc})", ResultsWarning, stacklevel=3)
+        return None
+    if not isinstance(record, dict):
+        warnings.warn(f"{path}: skipped, expected a JSON object, got {type(record).__name__}",
+                      ResultsWarning, stacklevel=3)
+        return None
+    return record
+
+
+def load(results_dir: str | os.PathLike = "results", grid: str | None = None) -> pd.DataFrame:
+    """One row per run: every `<results_dir>/<grid>/runs/<run_id>/summary.json`.
+
+    Columns are the summary fields (`SUMMARY_COLUMNS`, missing ones filled with NaN)
+    plus `path` (the run folder) and `failure_reason`. Nested objects (`hparams`,
+    `schedule`, `options`, `failure`, `environment`, `dataset_spec`) stay dict columns.
+    `grid` is the grid folder's name. `run_id` defaults to the folder name.
+
+    Raises `KdbenchError` when there is no readable summary at all, or when `grid` is
+    given and is not a grid folder under `results_dir`.
+    """
+    rows = []
+    for grid_name, run in _run_dirs(results_dir, grid):
+        path = run / "summary.json"
+        if not path.exists():
+            continue  # a run that has not finished its first epoch yet
+        record = _read_summary(path)
+        if record is None:
+            continue
+        record = dict(record)
+        record["grid"] = grid_name
+        record.setdefault("run_id", run.name)
+        record["path"] = str(run)
+        failure = record.get("failure")
+        record["failure_reason"] = failure.get("reason") if isinstance(failure, dict) else None
+        rows.append(record)
+    if not rows:
+        raise _no_results(results_dir)
+    frame = pd.DataFrame(rows)
+    for column in SUMMARY_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    for column in _NUMERIC:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    order = SUMMARY_COLUMNS + ["path", "failure_reason"]
+    return frame[order + [c for c in frame.columns if c not in order]].reset_index(drop=True)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.warn(f"{path}: skipped, unreadable ({exc})", ResultsWarning, stacklevel=3)
+        return None
+    if not all(isinstance(r, dict) for r in rows):
+        warnings.warn(f"{path}: skipped, expected one JSON object per line", ResultsWarning, stacklevel=3)
+        return None
+    return rows
+
+
+def load_metrics(results_dir: str | os.PathLike = "results", grid: str | None = None) -> pd.DataFrame:
+    """One row per finished epoch: every `metrics.jsonl` under `results_dir` (or one grid).
+
+    Columns: `grid`, `run_id` (the run folder's name), then the per-epoch fields of
+    `docs/design.md` ("Run record"). Join with `load()` on `run_id` for the variant,
+    pair and seed. An empty frame (with the `METRIC_COLUMNS`) when no run has metrics yet.
+    """
+    frames = []
+    for grid_name, run in _run_dirs(results_dir, grid):
+        path = run / "metrics.jsonl"
+        if not path.exists():
+            continue
+        rows = _read_metrics(path)
+        if not rows:
+            continue
+        frame = pd.DataFrame(rows)
+        frame.insert(0, "run_id", run.name)
+        frame.insert(0, "grid", grid_name)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    out["epoch"] = pd.to_numeric(out["epoch"], errors="coerce")
+    return out
