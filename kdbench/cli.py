@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --executor slurm: time limit per job in minutes (default: 1440)")
     run.add_argument("--slurm-folder", metavar="DIR",
                      help="with --executor slurm: submitit log folder (default: RESULTS/GRID/slurm)")
-    run.add_argument("--only", metavar="TEXT", help="train only runs whose pair, method or run_id contains TEXT")
+    run.add_argument("--only", metavar="TEXT", help="train only runs whose pair, variant or run_id contains TEXT")
+    run.add_argument("--retry-failed", action="store_true", help="train failed runs again from scratch")
+    run.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs to finish")
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # child of a multi-device run
+    run.add_argument("--log-prefix", default="", help=argparse.SUPPRESS)
     _add_methods_dir(run)
 
     status = sub.add_parser("status", help="show each run's state and its numbers so far",
