@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -84,7 +84,11 @@ class Member:
 
 @dataclass
 class Cohort:
-    """A teacher (or none) plus members sharing dataset, seed, epochs and batch size."""
+    """A teacher (or none) plus members sharing dataset, seed, epochs and batch size.
+
+    The teacher is loaded from `teacher_path` (a checkpoint, or "torchvision"), or given
+    ready-made as `teacher_model` (benchmarks, tests).
+    """
 
     dataset: dict[str, Any] | str
     seed: int
@@ -93,6 +97,7 @@ class Cohort:
     teacher_path: str | Path | None = None
     options: Options = field(default_factory=Options)
     data_root: Path = Path("data")
+    teacher_model: nn.Module | None = None
 
 
 @dataclass
@@ -389,14 +394,15 @@ class _CohortTrainer:
         self.teacher_correct = None
         if self.cohort.teacher is None:
             return
-        if isinstance(self.cohort.teacher_path, nn.Module):  # pre-built (bench and tests)
-            teacher = self.cohort.teacher_path
+        if self.cohort.teacher_model is not None:
+            teacher = self.cohort.teacher_model
         else:
             teacher = models.load_teacher(
                 self.cohort.teacher, self.cohort.teacher_path, num_classes=self.data.num_classes,
                 in_channels=self.data.in_channels,
             )
-            self.teacher_sha256 = models.sha256_file(self.cohort.teacher_path)
+            if Path(str(self.cohort.teacher_path)).is_file():
+                self.teacher_sha256 = models.sha256_file(self.cohort.teacher_path)
         self.teacher = teacher.to(self.device, memory_format=self.memory_format).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -416,6 +422,7 @@ class _CohortTrainer:
         trainee.started_at = _now()
         trainee.epochs_done = 0
         trainee.partial = None
+        trainee.sessions = []
         self._resume(trainee)
         return trainee
 
@@ -445,6 +452,7 @@ class _CohortTrainer:
         trainee.started_at = state.get("started_at", trainee.started_at)
         trainee.failure = state.get("failure")
         trainee.partial = state.get("partial")
+        trainee.sessions = list(state.get("sessions", []))
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"]["torch"].cpu())
 
@@ -459,6 +467,9 @@ class _CohortTrainer:
         train = self.data.train
         self.reporter.cohort_started([t.member for t in self.trainees], self.epochs, start, len(train))
         for trainee in active:
+            # Who trained which epochs: a resumed run shows one session per (re)start.
+            trainee.sessions.append({"host": self.env["hostname"], "pid": os.getpid(), "started_at": _now(),
+                                     "start_epoch": trainee.epochs_done})
             self._write_records(trainee, status="running")
         need_teacher = self.teacher is not None and any(methods.needs_teacher(t.method) for t in active)
         for epoch in range(start + 1, last + 1):
@@ -551,6 +562,7 @@ class _CohortTrainer:
             "method": trainee.method.state_dict(), "epoch": trainee.epochs_done, "history": trainee.history,
             "wall_seconds": trainee.wall_seconds, "started_at": trainee.started_at, "failure": trainee.failure,
             "rng": rng, "config": trainee.member.config, "data_seed": self.cohort.seed, "partial": None,
+            "sessions": trainee.sessions,
         }
 
     def _save_checkpoint(self, trainee: _Trainee) -> None:
@@ -593,8 +605,7 @@ class _CohortTrainer:
             "dataset_spec": self.cohort.dataset if isinstance(self.cohort.dataset, dict) else {"name": self.cohort.dataset},
             "pair": f"{teacher or ''}->{member.student}",
             "teacher": teacher,
-            "teacher_checkpoint": None if teacher is None or isinstance(self.cohort.teacher_path, nn.Module)
-            else str(self.cohort.teacher_path),
+            "teacher_checkpoint": None if self.cohort.teacher_path is None else str(self.cohort.teacher_path),
             "teacher_sha256": self.teacher_sha256,
             "teacher_top1": self.teacher_top1,
             "student": member.student,
@@ -623,6 +634,7 @@ class _CohortTrainer:
             "environment": self.env,
             "started_at": trainee.started_at,
             "finished_at": _now() if status in ("done", "failed") else None,
+            "sessions": trainee.sessions,
         }
 
     def _result(self, trainee: _Trainee) -> MemberResult:

@@ -1,0 +1,204 @@
+"""The cohort harness: exact resume, shared-teacher equivalence, NaN isolation, no host syncs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench import KdbenchError, data, methods, models
+from kdbench.train import (
+    Cohort, Member, Options, Schedule, TrainingInterrupted, _Trainee, build_student, train_cohort,
+)
+
+SPEC = {"name": "synthetic", "num_classes": 10, "train_size": 160, "test_size": 64, "image_size": 16, "channels": 3}
+TIMING = {"epoch_seconds", "images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.build(SPEC, root=Path("data"), device="cpu", seed=0, batch_size=32, eval_batch_size=64)
+
+
+def teacher_model() -> nn.Module:
+    torch.manual_seed(123)
+    return models.build("resnet8", num_classes=10).eval()
+
+
+def member(name: str, out: Path | None, epochs: int = 3, method: str | None = None, **hparams) -> Member:
+    schedule = Schedule(epochs=epochs, batch_size=32, lr=0.05, milestones=(2,))
+    config = {"method": method or name, "hparams": hparams, "epochs": epochs}
+    return Member(run_id=name, student="resnet8", method=method or name, hparams=hparams, schedule=schedule,
+                  out_dir=out, config=config)
+
+
+def cohort(members: list[Member]) -> Cohort:
+    return Cohort(dataset=SPEC, seed=0, members=members, teacher="resnet8", teacher_model=teacher_model())
+
+
+def strip(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def assert_same_results(a, b):
+    for x, y in zip(a, b):
+        assert x.run_id == y.run_id and x.status == y.status
+        sa, sb = x.model.state_dict(), y.model.state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), (x.run_id, key)
+        assert strip(x.history) == strip(y.history)
+
+
+def test_resume_after_a_kill_is_bitwise_identical(tmp_path, splits):
+    straight = train_cohort(cohort([member("kd", tmp_path / "a" / "kd"), member("dkd", tmp_path / "a" / "dkd")]),
+                            "cpu", data=splits)
+    make = lambda: cohort([member("kd", tmp_path / "b" / "kd"), member("dkd", tmp_path / "b" / "dkd")])  # noqa: E731
+    first = train_cohort(make(), "cpu", data=splits, until_epoch=1)
+    assert all(r.status == "running" and r.epochs_done == 1 for r in first)
+    resumed = train_cohort(make(), "cpu", data=splits)
+    assert all(r.status == "done" and r.epochs_done == 3 for r in resumed)
+    assert_same_results(straight, resumed)
+    assert (tmp_path / "b" / "kd" / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_stop_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, splits):
+    straight = train_cohort(cohort([member("kd", tmp_path / "a" / "kd"), member("rld", tmp_path / "a" / "rld")]),
+                            "cpu", data=splits)
+    make = lambda: cohort([member("kd", tmp_path / "b" / "kd"), member("rld", tmp_path / "b" / "rld")])  # noqa: E731
+    calls = {"n": 0}
+
+    def stop_after_seven_steps() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 7  # epoch 2, step 2 (5 steps per epoch)
+
+    with pytest.raises(TrainingInterrupted):
+        train_cohort(make(), "cpu", data=splits, should_stop=stop_after_seven_steps)
+    state = torch.load(tmp_path / "b" / "kd" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and state["partial"]["step"] == 2
+    resumed = train_cohort(make(), "cpu", data=splits)
+    assert_same_results(straight, resumed)
+
+
+def test_sharing_the_teacher_changes_nothing_numerically(splits):
+    together = train_cohort(cohort([member("kd", None, epochs=1), member("dkd", None, epochs=1),
+                                    member("normkd", None, epochs=1)]), "cpu", data=splits)
+    alone = train_cohort(cohort([member("dkd", None, epochs=1)]), "cpu", data=splits)
+    assert_same_results([together[1]], alone)
+
+
+def test_same_architecture_starts_from_the_same_weights():
+    a, b = build_student("resnet8", 3, 10, 3), build_student("resnet8", 3, 10, 3)
+    c = build_student("resnet8", 4, 10, 3)
+    for (key, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(x, y)
+    assert not all(torch.equal(x, z) for x, z in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+class _NaNAtEpochTwo(nn.Module):
+    """Test loss that turns NaN at epoch 2, step 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, student_logits, teacher_logits, targets, *, epoch):
+        self.calls += 1
+        ce = F.cross_entropy(student_logits, targets)
+        if self.calls == 5 + 3:  # 5 steps per epoch
+            return {"ce": ce, "bad": ce * float("nan")}
+        return {"ce": ce, "bad": ce * 0}
+
+
+@pytest.fixture
+def nan_method():
+    methods.register("nan_at_epoch_two")(_NaNAtEpochTwo)
+    yield "nan_at_epoch_two"
+    del methods._registry._entries["nan_at_epoch_two"]
+
+
+def test_nan_in_one_member_leaves_the_others_intact(tmp_path, splits, nan_method):
+    with_nan = train_cohort(cohort([member("kd", tmp_path / "kd"), member("nan", tmp_path / "nan", method=nan_method),
+                                    member("dkd", tmp_path / "dkd")]), "cpu", data=splits)
+    without = train_cohort(cohort([member("kd", None), member("dkd", None)]), "cpu", data=splits)
+    assert_same_results([with_nan[0], with_nan[2]], without)
+    failed = with_nan[1]
+    assert failed.status == "failed" and failed.epochs_done == 1
+    failure = failed.summary["failure"]
+    assert failure["reason"] == "non-finite loss" and failure["epoch"] == 2 and failure["step"] == 3
+    assert failure["terms"]["ce"] > 0 and failure["terms"]["bad"] != failure["terms"]["bad"]  # NaN
+    import json
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failure"]["step"] == 3
+
+
+def test_resume_under_a_changed_config_is_refused(tmp_path, splits):
+    train_cohort(cohort([member("kd", tmp_path / "kd", epochs=1)]), "cpu", data=splits)
+    changed = member("kd", tmp_path / "kd", epochs=1, temperature=2.0)
+    with pytest.raises(KdbenchError) as exc:
+        train_cohort(cohort([changed]), "cpu", data=splits)
+    assert "hparams.temperature" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_lr_schedule_and_records(tmp_path, splits):
+    schedule = Schedule(lr=0.05, milestones=(150, 180, 210))
+    assert [schedule.lr_at(e) for e in (1, 150, 151, 180, 181, 210, 211, 240)] == pytest.approx(
+        [0.05, 0.05, 0.005, 0.005, 5e-4, 5e-4, 5e-5, 5e-5])
+    (result,) = train_cohort(cohort([member("kd", tmp_path / "kd")]), "cpu", data=splits)
+    assert [row["lr"] for row in result.history] == pytest.approx([0.05, 0.05, 0.005])
+    row = result.history[-1]
+    for key in ("train_loss", "train_top1", "loss_ce", "loss_kd", "test_loss", "test_top1", "test_top5",
+                "test_top1_teacher_wrong", "test_top1_teacher_right"):
+        assert key in row, key
+    assert row["train_loss"] == pytest.approx(row["loss_ce"] + row["loss_kd"], rel=1e-5)
+    summary = result.summary
+    assert summary["status"] == "done" and summary["final_top1"] == row["test_top1"]
+    assert summary["epochs_done"] == 3 and summary["teacher_top1"] is not None
+    for name in ("checkpoint.pt", "metrics.jsonl", "summary.json", "config.yaml"):
+        assert (tmp_path / "kd" / name).exists()
+
+
+def test_teacher_stays_in_eval_mode_and_unchanged(splits):
+    teacher = teacher_model()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    run = Cohort(dataset=SPEC, seed=0, members=[member("kd", None, epochs=1)], teacher="resnet8", teacher_model=teacher)
+    train_cohort(run, "cpu", data=splits)
+    assert not teacher.training
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_validation_split_is_evaluated(tmp_path):
+    spec = {**SPEC, "val_size": 20}
+    splits = data.build(spec, root=Path("data"), device="cpu", seed=0, batch_size=32, eval_batch_size=64)
+    run = Cohort(dataset=spec, seed=0, members=[member("vanilla", None, epochs=2)])
+    (result,) = train_cohort(run, "cpu", data=splits)
+    assert "val_top1" in result.history[-1]
+    assert result.summary["val_selected_top1"] is not None and result.summary["best_val_epoch"] in (1, 2)
+    assert result.summary["final_top1_teacher_wrong"] is None
+
+
+@pytest.mark.parametrize("name", ["vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld"])
+def test_the_training_step_never_syncs_with_the_host(name, monkeypatch):
+    model = build_student("resnet8", 0, 10, 3)
+    trainee = _Trainee(member(name, None), model, methods.build(name), torch.device("cpu"), Options())
+    images, targets = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    teacher_logits = torch.randn(8, 10)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host sync inside the training step")
+
+    for attr in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, attr, forbidden)
+    for step in range(1, 4):
+        trainee.step(images, targets, teacher_logits, epoch=1, step=step, precision="fp32")
+    monkeypatch.undo()
+    assert trainee.first_bad_step.item() == -1
+
+
+def test_bf16_and_channels_last_train(splits):
+    run = Cohort(dataset=SPEC, seed=0, members=[member("dkd", None, epochs=1)], teacher="resnet8",
+                 teacher_model=teacher_model(), options=Options(precision="bf16", channels_last=True))
+    (result,) = train_cohort(run, "cpu", data=splits)
+    assert result.status == "done" and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]
