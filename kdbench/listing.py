@@ -27,9 +27,10 @@ def methods_table() -> Table:
 def models_table(dataset: str) -> Table:
     """Every model with its parameter count and MACs at `dataset`'s input size."""
     from kdbench import data, models
+    from kdbench.estimate import dataset_geometry
 
     spec = data.resolve_spec(dataset)
-    geometry = data.geometry(spec)
+    geometry = dataset_geometry(spec)
     zoo = "imagenet" if spec["name"] == "imagenet" else "cifar"
     table = Table(title=f"models ({zoo} zoo, {geometry['in_channels']}×{geometry['image_size']}² input, "
                         f"{geometry['num_classes']} classes)")

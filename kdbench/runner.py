@@ -398,9 +398,10 @@ class Worker:
         heartbeat.add(lock)
         try:
             if not path.is_file():
-                train_teacher(plan.teacher_training_config(self.grid, pair), self.layout.teacher_dir(teacher["train_id"]),
-                              self.data_root, self.device, progress, self.stop,
-                              eval_batch_size=self.grid.options["eval_batch_size"])
+                from kdbench.teachers import train_teacher
+
+                train_teacher(plan.teacher_training_config(self.grid, pair), path, self.data_root, self.device,
+                              progress, self.stop, eval_batch_size=self.grid.options["eval_batch_size"])
         finally:
             heartbeat.remove(lock)
             locks.release(lock, self.owner)
@@ -413,36 +414,6 @@ def _reset_failed(run_dir: Path) -> None:
             (run_dir / name).unlink()
         except FileNotFoundError:
             pass
-
-
-def train_teacher(teacher_config: dict[str, Any], out_dir: Path, data_root: Path, device: str,
-                  progress: GridProgress | None = None, should_stop: Any = None,
-                  eval_batch_size: int = 1024) -> Path:
-    """Train a teacher from scratch with the student harness (the vanilla method).
-
-    The run record goes to `out_dir` like any run's; the finished weights are written to
-    `out_dir/teacher.pth` in the reference release format `{"model": state_dict}`.
-    """
-    member = Member(
-        run_id=f"teacher-{out_dir.name}", student=teacher_config["arch"], method="vanilla", hparams={},
-        schedule=Schedule.from_dict(teacher_config["schedule"]), out_dir=out_dir, config=teacher_config,
-        record={"variant": "teacher"},
-    )
-    cohort = Cohort(dataset=teacher_config["dataset"], seed=teacher_config["seed"], members=[member],
-                    options=Options(eval_batch_size=eval_batch_size), data_root=data_root)
-    reporter = progress.cohort(f"teacher {teacher_config['arch']}", {member.run_id: "teacher"}) if progress else None
-    try:
-        (result,) = train_cohort(cohort, device, reporter=reporter, should_stop=should_stop)
-    finally:
-        if reporter:
-            reporter.finish()
-    if result.status == "failed":
-        raise KdbenchError(f"training teacher {teacher_config['arch']} failed: {result.summary['failure']['reason']}")
-    path = out_dir / "teacher.pth"
-    atomic.torch_save(path, {"model": result.model.state_dict(), "accuracy": result.summary["final_top1"]})
-    if progress:
-        progress.log(f"teacher {teacher_config['arch']} trained: test top-1 {result.summary['final_top1']:.2f} → {path}")
-    return path
 
 
 # ----- the commands ---------------------------------------------------------------------

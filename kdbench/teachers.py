@@ -176,10 +176,141 @@ def _inside(path: Path, root: Path) -> bool:
     return resolved == root or root in resolved.parents
 
 
-# ---------------------------------------------------------------------------- eval (lead: teachers eval)
+# ---------------------------------------------------------------------------- eval
 
 
-# ---------------------------------------------------------------------------- train (lead: teachers train)
+def release_checkpoints(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(arch, path) of every `<arch>_vanilla/ckpt_epoch_240.pth` under `folder` whose arch is known."""
+    from kdbench import models
+
+    found = []
+    for path in sorted(Path(folder).glob("*_vanilla/ckpt_epoch_240.pth")):
+        arch = path.parent.name[: -len("_vanilla")]
+        if arch in models.available() or _known(arch):
+            found.append((models.canonical(arch), path))
+    return found
 
 
-# ---------------------------------------------------------------------------- CLI (lead: cli_teachers)
+def _known(arch: str) -> bool:
+    from kdbench import models
+
+    try:
+        models.canonical(arch)
+    except KdbenchError:
+        return False
+    return True
+
+
+def evaluate_teachers(folder: Path, dataset: str, data_root: Path, device: str) -> dict:
+    """Measure each release teacher's test accuracy; write `folder/teachers.json` (arch, path, SHA-256, top-1).
+
+    The manifest is what runs are checked against: published teacher accuracies are
+    copied from paper to paper, these are measured here.
+    """
+    import torch
+
+    from kdbench import atomic, data, models
+    from kdbench.train import evaluate
+
+    found = release_checkpoints(folder)
+    if not found:
+        raise KdbenchError(f"no teacher checkpoints under {folder} (expected <arch>_vanilla/ckpt_epoch_240.pth): "
+                           "run `kdbench teachers fetch` first")
+    device_ = torch.device(device)
+    splits = data.build(dataset, root=data_root, device=device_, seed=0)
+    entries = []
+    for arch, path in found:
+        teacher = models.load_teacher(arch, path, num_classes=splits.num_classes, in_channels=splits.in_channels)
+        metrics = evaluate(teacher.to(device_), splits.test, device_, "fp32")
+        entries.append({"arch": arch, "path": str(path), "sha256": models.sha256_file(path),
+                        "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2)})
+    manifest = {"dataset": splits.name, "device": str(device_),
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "teachers": entries}
+    atomic.write_json(Path(folder) / "teachers.json", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def train_teacher(teacher_config: dict, weights_path: Path, data_root: Path, device: str,
+                  progress=None, should_stop=None, eval_batch_size: int = 1024) -> Path:
+    """Train a teacher from scratch with the student harness (the vanilla method).
+
+    `teacher_config` is `{arch, dataset, seed, schedule}`. The run record (checkpoint,
+    metrics, summary) goes next to `weights_path`, so an interrupted training resumes; the
+    finished weights are written to `weights_path` in the release format `{"model": state_dict}`.
+    """
+    from kdbench import atomic
+    from kdbench.train import Cohort, Member, Options, Schedule, train_cohort
+
+    out_dir = Path(weights_path).parent
+    member = Member(
+        run_id=f"teacher-{teacher_config['arch']}", student=teacher_config["arch"], method="vanilla", hparams={},
+        schedule=Schedule.from_dict(teacher_config["schedule"]), out_dir=out_dir, config=teacher_config,
+        record={"variant": "teacher"},
+    )
+    cohort = Cohort(dataset=teacher_config["dataset"], seed=teacher_config["seed"], members=[member],
+                    options=Options(eval_batch_size=eval_batch_size), data_root=Path(data_root))
+    reporter = progress.cohort(f"teacher {teacher_config['arch']}", {member.run_id: "teacher"}) if progress else None
+    try:
+        (result,) = train_cohort(cohort, device, reporter=reporter, should_stop=should_stop)
+    finally:
+        if reporter:
+            reporter.finish()
+    if result.status == "failed":
+        raise KdbenchError(f"training teacher {teacher_config['arch']} failed: {result.summary['failure']['reason']}")
+    atomic.torch_save(weights_path, {"model": result.model.state_dict(), "epoch": result.epochs_done,
+                                     "accuracy": result.summary["final_top1"]})
+    if progress:
+        progress.log(f"teacher {teacher_config['arch']} trained: test top-1 {result.summary['final_top1']:.2f} "
+                     f"→ {weights_path}")
+    return Path(weights_path)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def cli_teachers(args) -> int:
+    """`kdbench teachers fetch|eval|train`."""
+    from rich.table import Table
+
+    from kdbench import data
+    from kdbench.console import console
+
+    root = data.resolve_root(args.data_dir, None)
+    if args.teachers_command == "fetch":
+        folder = fetch(root, args.url)
+        found = release_checkpoints(folder)
+        console().print(f"{len(found)} teachers in {folder}: {', '.join(a for a, _ in found)}")
+        return 0
+    if args.teachers_command == "eval":
+        from kdbench.bench import check_device
+
+        folder = Path(args.teachers_dir) if args.teachers_dir else root / TEACHERS_DIR
+        manifest = evaluate_teachers(folder, args.dataset, root, str(check_device(args.device)))
+        table = Table(title=f"teachers on {manifest['dataset']} (test set), measured on {manifest['device']}")
+        for column in ("arch", "top-1", "top-5", "sha256", "path"):
+            table.add_column(column)
+        for e in manifest["teachers"]:
+            table.add_row(e["arch"], f"{e['top1']:.2f}", f"{e['top5']:.2f}", e["sha256"][:16], e["path"])
+        console().print(table)
+        console().print(f"manifest: {folder / 'teachers.json'}")
+        return 0
+    from kdbench import models
+    from kdbench.bench import check_device
+    from kdbench.progress import GridProgress
+    from kdbench.train import Schedule, reference_lr
+
+    arch = models.canonical(args.arch)
+    spec = data.resolve_spec(args.dataset)
+    schedule = {**Schedule().__dict__, "epochs": args.epochs, "lr": args.lr or reference_lr(arch),
+                "milestones": [m for m in Schedule().milestones if m < args.epochs]}
+    out = Path(args.out) if args.out else teacher_path(root, arch)
+    progress = GridProgress(1, 0)
+    try:
+        train_teacher({"arch": arch, "dataset": spec, "seed": args.seed, "schedule": schedule}, out, root,
+                      str(check_device(args.device)), progress)
+    finally:
+        progress.close()
+    return 0

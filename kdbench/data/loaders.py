@@ -1,0 +1,261 @@
+"""On-device loaders for datasets held whole in memory as uint8 tensors.
+
+The training split lives once on the device, zero-padded up front. Each epoch draws the
+permutation, the crop offsets and the flips for every image at once from one generator
+seeded with `(seed, epoch)`. A batch is then a single `index_select` with a flat (int32)
+index that folds the crop and the flip together, followed by `/255`, `-mean`, `/std` done in
+the same order as torchvision's `ToTensor` + `Normalize` (so the numbers agree bit for
+bit). No host round-trips happen per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit generator seed from integers (a hash of them).
+
+    Hashing matters: CPU generators use only the low 32 bits of a seed, so packing
+    numbers side by side would make seeds collide.
+    """
+    text = ":".join(str(int(p)) for p in parts)
+    digest = hashlib.sha256(f"kdbench-data:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of epoch `epoch` of a run with seed `seed`."""
+    return mix_seed(seed, epoch)
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 `(B, C, H, W)` → `(x / 255 - mean) / std` in `dtype`, channels-last when asked.
+
+    `mean` and `std` are float32 tensors of shape `(C, 1, 1)`. The arithmetic runs in
+    float32 in torchvision's order (so results match it exactly); the cast to another
+    dtype and the layout change share one final copy.
+    """
+    out = images.to(torch.float32).div_(255).sub_(mean).div_(std)
+    # Normalising in NCHW and converting afterwards is faster on CPU than either gathering
+    # or normalising channels-last (broadcasting over a last dimension of 3 vectorises badly).
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if dtype == torch.float32 and not channels_last:
+        return out
+    return out.to(dtype=dtype, memory_format=layout)
+
+
+def crop_flip_index(
+    base: torch.Tensor,
+    offset_y: torch.Tensor,
+    offset_x: torch.Tensor,
+    flip: torch.Tensor,
+    *,
+    channels: int,
+    out_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    dtype: torch.dtype = torch.int64,
+) -> torch.Tensor:
+    """Flat indices `(B, C, H, W)` into a contiguous padded `(N, C, Hp, Wp)` store.
+
+    `base[b]` is the flat offset of image b, `offset_y/x[b]` its crop corner and
+    `flip[b]` (bool) whether to mirror the crop. `dtype` is int64, or int32 when every
+    offset fits (half the memory traffic).
+    """
+    height, width = out_size
+    padded_h, padded_w = padded_size
+    device = base.device
+    ys = torch.arange(height, device=device, dtype=dtype)
+    xs = torch.arange(width, device=device, dtype=dtype)
+    rows = (offset_y.to(dtype)[:, None] + ys) * padded_w  # (B, H)
+    # A horizontal flip of the crop reads its columns right to left.
+    cols = offset_x.to(dtype)[:, None] + torch.where(flip[:, None], (width - 1) - xs, xs)  # (B, W)
+    pixel = (base.to(dtype)[:, None] + rows)[:, :, None] + cols[:, None, :]  # (B, H, W)
+    channel = torch.arange(channels, device=device, dtype=dtype) * (padded_h * padded_w)
+    return pixel[:, None, :, :] + channel[:, None, None]
+
+
+def _stats(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device).view(-1, 1, 1)
+
+
+def _gather(
+    padded: torch.Tensor,
+    rows: torch.Tensor,
+    offset_y: torch.Tensor,
+    offset_x: torch.Tensor,
+    flip: torch.Tensor,
+    out_size: tuple[int, int],
+) -> torch.Tensor:
+    """Crop-and-flip images `rows` of the padded store; returns uint8 `(B, C, H, W)`."""
+    n, c, hp, wp = padded.shape
+    dtype = torch.int32 if padded.numel() < 2**31 else torch.int64
+    index = crop_flip_index(
+        rows * (c * hp * wp), offset_y, offset_x, flip,
+        channels=c, out_size=out_size, padded_size=(hp, wp), dtype=dtype,
+    )
+    return padded.view(-1).index_select(0, index.view(-1)).view(index.shape)
+
+
+def augment(
+    images: torch.Tensor,
+    offset_y: torch.Tensor,
+    offset_x: torch.Tensor,
+    flip: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    pad: int = 4,
+    *,
+    channels_last: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """torchvision's `RandomCrop(size, padding=pad)` + `RandomHorizontalFlip` + `ToTensor` +
+    `Normalize`, with the random choices given explicitly.
+
+    `images` is uint8 `(B, C, H, W)`; `offset_y`, `offset_x` are integer tensors in
+    `{0..2*pad}` and `flip` a bool tensor, each of shape `(B,)`. Padding is zero on the raw
+    image, so padded pixels come out as `-mean/std`.
+    """
+    b, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad)).contiguous()
+    rows = torch.arange(b, device=images.device)
+    raw = _gather(padded, rows, offset_y.to(images.device), offset_x.to(images.device),
+                  flip.to(device=images.device, dtype=torch.bool), (h, w))
+    return normalize(raw, _stats(mean, images.device), _stats(std, images.device), dtype, channels_last)
+
+
+class TrainLoader:
+    """Shuffled, augmented batches of an in-memory uint8 split, on its device.
+
+    `epoch(e)` yields `(images, targets, indices)` and is a pure function of
+    `(seed, e)`: one generator seeded with both draws the whole epoch's permutation, crop
+    offsets and flips. `indices` are positions in the original training split. The last,
+    partial batch is kept; `len()` is the number of batches.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        batch_size: int,
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        pad: int = 4,
+        flip: bool = True,
+        indices: torch.Tensor | None = None,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.device = images.device
+        self.num_samples = len(images)
+        self.image_shape = tuple(images.shape[1:])
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.pad = int(pad)
+        self.flip = bool(flip)
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self.padded = F.pad(images, (self.pad,) * 4).contiguous() if self.pad else images.contiguous()
+        self.targets = targets.to(device=self.device, dtype=torch.long)
+        self.indices = (
+            torch.arange(self.num_samples, device=self.device) if indices is None
+            else indices.to(device=self.device, dtype=torch.long)
+        )
+        self.mean = _stats(mean, self.device)
+        self.std = _stats(std, self.device)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def generator(self, epoch: int) -> torch.Generator:
+        """The generator that draws epoch `epoch`'s randomness (seeded from seed and epoch)."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(epoch_seed(self.seed, epoch))
+        return g
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """Yield the batches of epoch `epoch` as `(images, targets, indices)`.
+
+        From `generator(epoch)`, in this order: the permutation, the vertical and the
+        horizontal crop offsets (uniform in `{0..2*pad}`), and the flips (`rand < 0.5`),
+        one per position in the epoch.
+        """
+        n, dev = self.num_samples, self.device
+        g = self.generator(epoch)
+        order = torch.randperm(n, generator=g, device=dev)
+        offset_y = torch.randint(0, 2 * self.pad + 1, (n,), generator=g, device=dev)
+        offset_x = torch.randint(0, 2 * self.pad + 1, (n,), generator=g, device=dev)
+        flips = torch.rand(n, generator=g, device=dev) < 0.5
+        if not self.flip:
+            flips = torch.zeros_like(flips)
+        for start in range(0, n, self.batch_size):
+            span = slice(start, start + self.batch_size)
+            rows = order[span]
+            raw = _gather(self.padded, rows, offset_y[span], offset_x[span], flips[span], self.image_shape[1:])
+            images = normalize(raw, self.mean, self.std, self.dtype, self.channels_last)
+            yield images, self.targets[rows], self.indices[rows]
+
+
+class EvalLoader:
+    """Fixed-order, un-augmented batches of an in-memory uint8 split (Normalize only).
+
+    Iterating yields `(images, targets, indices)` batches of `batch_size`.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        indices: torch.Tensor | None = None,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.device = images.device
+        self.images = images.contiguous()
+        self.targets = targets.to(device=self.device, dtype=torch.long)
+        self.num_samples = len(images)
+        self.batch_size = int(batch_size)
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self.indices = (
+            torch.arange(self.num_samples, device=self.device) if indices is None
+            else indices.to(device=self.device, dtype=torch.long)
+        )
+        self.mean = _stats(mean, self.device)
+        self.std = _stats(std, self.device)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(0, self.num_samples, self.batch_size):
+            stop = start + self.batch_size
+            images = normalize(self.images[start:stop], self.mean, self.std, self.dtype, self.channels_last)
+            yield images, self.targets[start:stop], self.indices[start:stop]
