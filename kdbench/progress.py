@@ -18,9 +18,9 @@ def _accuracy_line(rows: dict[str, dict[str, Any]], labels: dict[str, str]) -> s
 class GridProgress:
     """Tracks runs done out of the grid's total; hands out a reporter per cohort."""
 
-    def __init__(self, total_runs: int, done_runs: int, prefix: str = ""):
-        self.total, self.done, self.prefix = total_runs, done_runs, prefix
-        self.interactive = is_interactive()
+    def __init__(self, total_runs: int, done_runs: int, prefix: str = "", quiet: bool = False):
+        self.total, self.done, self.prefix, self.quiet = total_runs, done_runs, prefix, quiet
+        self.interactive = is_interactive() and not quiet
         self.started = time.monotonic()
         self.progress: Progress | None = None
         if self.interactive:
@@ -44,7 +44,8 @@ class GridProgress:
 
     def log(self, message: str) -> None:
         """A line above the bars, or a plain line."""
-        console().print(f"{self.prefix}{message}", markup=False, highlight=False)
+        if not self.quiet:
+            console().print(f"{self.prefix}{message}", markup=False, highlight=False)
 
     def close(self) -> None:
         """Stop the live display."""

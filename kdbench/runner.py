@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from kdbench import atomic, config, locks, plan
+from kdbench import atomic, config, distributed, locks, plan
 from kdbench.console import console
 from kdbench.errors import KdbenchError
 from kdbench.progress import GridProgress
-from kdbench.train import Cohort, Member, Options, Schedule, TrainingInterrupted, train_cohort
+from kdbench.train import Cohort, Member, Options, Schedule, TrainingInterrupted, build_data, train_cohort
 
 DONE, FAILED, RUNNING, PARTIAL, NEW = "done", "failed", "running", "partial", "new"
 
@@ -140,6 +140,10 @@ def check_teachers(runs: list[plan.Run], data_root: Path, layout: Layout) -> Non
         if path in seen:
             continue
         seen.add(path)
+        if not path.is_file() and teacher["checkpoint"] == "mdistiller":
+            from kdbench import teachers
+
+            teachers.fetch(data_root)  # offline: a one-line error saying where to put the archive
         if not path.is_file():
             hint = ("run `kdbench teachers fetch` (or put cifar_teachers.tar in the data root, "
                     f"{data_root})" if teacher["checkpoint"] == "mdistiller" else "check the pair's teacher checkpoint")
@@ -259,15 +263,23 @@ class Worker:
         return out
 
     def run(self, progress: GridProgress) -> WorkerOutcome:
-        """Train until every run is done, failed or held by another live worker."""
+        """Train until every run is done, failed or held by another live worker.
+
+        Under torchrun, rank 0 claims the work and broadcasts it; every rank trains it.
+        """
         outcome = WorkerOutcome()
         self._given_up: set[str] = set()
         heartbeat = locks.Heartbeat(self.owner)
         self.stop.install()
         try:
-            while not self.stop.requested:
-                if not self._train_one_cohort(progress, outcome, heartbeat):
+            while True:
+                job = None
+                if distributed.is_main() and not self.stop.requested:
+                    job = self._next_job(heartbeat)
+                job = distributed.broadcast(job)
+                if job is None:
                     break
+                self._do(job, progress, outcome, heartbeat)
         except TrainingInterrupted:
             outcome.interrupted = True
         finally:
@@ -275,24 +287,60 @@ class Worker:
             heartbeat.stop()
         return outcome
 
-    def _train_one_cohort(self, progress: GridProgress, outcome: WorkerOutcome, heartbeat: locks.Heartbeat) -> bool:
+    def _next_job(self, heartbeat: locks.Heartbeat) -> tuple | None:
+        """Claim the next piece of work: a teacher to train, or runs to train as one cohort."""
         pending = self.pending()
         if not pending:
-            return False
+            return None
         epochs_of = {run.run_id: epochs for run, epochs in pending}
-        ready = [run for run, _ in pending if self._teacher_ready(run, progress, outcome, heartbeat)]
+        ready, busy_teachers = [], set()
+        for run, _ in pending:
+            teacher = run.config["teacher"]
+            if teacher is None or teacher["checkpoint"] != "train" or self._trained_teacher(teacher).is_file():
+                ready.append(run)
+            elif teacher["train_id"] not in busy_teachers:
+                lock = self.layout.teacher_lock(teacher["train_id"])
+                if locks.try_claim(lock, self.owner):
+                    heartbeat.add(lock)
+                    return ("teacher", teacher["train_id"], run.pair)
+                busy_teachers.add(teacher["train_id"])  # another worker is training it
         # Members must start at the same epoch to share batches: group by epochs done too.
-        groups = plan.cohorts(ready, self.grid.options["max_cohort_size"])
-        for cohort in groups:
+        for cohort in plan.cohorts(ready, self.grid.options["max_cohort_size"]):
             by_start: dict[int, list[plan.Run]] = {}
             for run in cohort.runs:
                 by_start.setdefault(epochs_of[run.run_id], []).append(run)
             for runs in by_start.values():
                 claimed = self._claim(runs, heartbeat)
                 if claimed:
-                    self._train(cohort, claimed, progress, outcome, heartbeat)
-                    return True
-        return False
+                    return ("cohort", [r.run_id for r in claimed])
+        return None
+
+    def _do(self, job: tuple, progress: GridProgress, outcome: WorkerOutcome, heartbeat: locks.Heartbeat) -> None:
+        if job[0] == "teacher":
+            _, train_id, pair_name = job
+            self._train_teacher(train_id, pair_name, progress, heartbeat)
+            return
+        by_id = {r.run_id: r for r in self.runs()}
+        runs = [by_id[run_id] for run_id in job[1]]
+        (cohort,) = plan.cohorts(runs)
+        self._train(cohort, runs, progress, outcome, heartbeat)
+
+    def _trained_teacher(self, teacher: dict[str, Any]) -> Path:
+        return self.layout.teacher_dir(teacher["train_id"]) / "teacher.pth"
+
+    def _train_teacher(self, train_id: str, pair_name: str, progress: GridProgress, heartbeat: locks.Heartbeat) -> None:
+        from kdbench.teachers import train_teacher
+
+        lock = self.layout.teacher_lock(train_id)
+        pair = next(p for p in self.grid.pairs if p.name == pair_name)
+        path = self.layout.teacher_dir(train_id) / "teacher.pth"
+        try:
+            if not path.is_file():
+                train_teacher(plan.teacher_training_config(self.grid, pair), path, self.data_root, self.device,
+                              progress, self.stop, eval_batch_size=self.grid.options["eval_batch_size"])
+        finally:
+            heartbeat.remove(lock)
+            locks.release(lock, self.owner)
 
     def _claim(self, runs: list[plan.Run], heartbeat: locks.Heartbeat) -> list[plan.Run]:
         claimed = []
@@ -323,17 +371,12 @@ class Worker:
         locks.release(path, self.owner)
 
     def _data(self, cohort: plan.Cohort, options: Options) -> Any:
-        from kdbench import data
-
         key = json.dumps([cohort.dataset, cohort.seed, cohort.batch_size, options.eval_batch_size,
                           options.channels_last], sort_keys=True)
         if key not in self._data_cache:
             self._data_cache.clear()  # keep one dataset on the device at a time
-            self._data_cache[key] = data.build(
-                cohort.dataset, root=self.data_root, device=self.device, seed=cohort.seed,
-                batch_size=cohort.batch_size, eval_batch_size=options.eval_batch_size,
-                channels_last=options.channels_last,
-            )
+            self._data_cache[key] = build_data(cohort.dataset, root=self.data_root, device=self.device,
+                                               seed=cohort.seed, batch_size=cohort.batch_size, options=options)
         return self._data_cache[key]
 
     def _train(self, cohort: plan.Cohort, runs: list[plan.Run], progress: GridProgress, outcome: WorkerOutcome,
@@ -373,7 +416,8 @@ class Worker:
         except Exception as exc:  # OOM, an unreadable teacher, a bug in a method: record and go on
             reason = _failure_reason(exc)
             for run in runs:
-                _record_failure(self.layout, run, reason, self.grid.name)
+                if distributed.is_main():
+                    _record_failure(self.layout, run, reason, self.grid.name)
                 outcome.failed.append(run.run_id)
             progress.runs_finished(len(runs))
             progress.log(f"failed: cohort {description}: {reason}")
@@ -381,31 +425,6 @@ class Worker:
             reporter.finish()
             for run in runs:
                 self._release(run, heartbeat)
-
-    # ----- teachers trained in the grid --------------------------------------------------
-    def _teacher_ready(self, run: plan.Run, progress: GridProgress, outcome: WorkerOutcome,
-                       heartbeat: locks.Heartbeat) -> bool:
-        teacher = run.config["teacher"]
-        if teacher is None or teacher["checkpoint"] != "train":
-            return True
-        path = self.layout.teacher_dir(teacher["train_id"]) / "teacher.pth"
-        if path.is_file():
-            return True
-        pair = next(p for p in self.grid.pairs if p.name == run.pair)
-        lock = self.layout.teacher_lock(teacher["train_id"])
-        if not locks.try_claim(lock, self.owner):
-            return False  # another worker is training it
-        heartbeat.add(lock)
-        try:
-            if not path.is_file():
-                from kdbench.teachers import train_teacher
-
-                train_teacher(plan.teacher_training_config(self.grid, pair), path, self.data_root, self.device,
-                              progress, self.stop, eval_batch_size=self.grid.options["eval_batch_size"])
-        finally:
-            heartbeat.remove(lock)
-            locks.release(lock, self.owner)
-        return path.is_file()
 
 
 def _reset_failed(run_dir: Path) -> None:
@@ -447,25 +466,50 @@ def cli_run(args: argparse.Namespace) -> int:
         console().print(f"Nothing to do: all {len(runs)} runs of grid '{grid.name}' are finished "
                         f"({layout.grid_dir}). `kdbench report --grid {grid.name}` makes the tables.")
         return print_summary(grid, runs, layout, quiet=True)
-    check_teachers(todo, data_root, layout)
-    _resolve_dataset_early(grid, data_root)
-
-    if args.executor == "slurm":
-        return submit_slurm(args, grid, len({r.cohort_key for r in todo}))
-    if len(devices) > 1:
+    if args.executor == "slurm" or len(devices) > 1:
+        data.prepare(grid.dataset, data_root)  # a missing dataset stops here, in one line
+        check_teachers(todo, data_root, layout)
+        if args.executor == "slurm":
+            return submit_slurm(args, grid, len({r.cohort_key for r in todo}))
         return run_on_devices(args, devices, grid, runs, layout)
+    device = distributed.init(devices[0]) if distributed.launched_by_torchrun() else devices[0]
+    try:
+        return _run_here(args, grid, runs, layout, states, todo, data_root, device)
+    finally:
+        distributed.shutdown()
 
+
+def _run_here(args: argparse.Namespace, grid: config.Grid, runs: list[plan.Run], layout: Layout,
+              states: dict[str, tuple[str, int]], todo: list[plan.Run], data_root: Path, device: str) -> int:
+    from kdbench import data
+
+    # Under torchrun rank 0 downloads and checks; the others wait for its verdict.
+    error = None
+    if distributed.is_main():
+        try:
+            data.prepare(grid.dataset, data_root)  # a missing dataset stops here, in one line
+            check_teachers(todo, data_root, layout)
+        except KdbenchError as exc:
+            error = str(exc)
+    error = distributed.broadcast(error)
+    if error:
+        raise KdbenchError(error)
+    main = distributed.is_main()
     done_before = sum(1 for s, _ in states.values() if s in (DONE, FAILED))
-    console().print(f"grid '{grid.name}': {len(runs)} runs, {done_before} finished, {len(todo)} to train "
-                    f"on {devices[0]} → {layout.grid_dir}")
-    worker = Worker(args.grid, args.results_dir, args.data_dir, devices[0], args.only, args.retry_failed,
+    ddp = f" × {distributed.world_size()} DDP processes" if distributed.active() else ""
+    if main:
+        console().print(f"grid '{grid.name}': {len(runs)} runs, {done_before} finished, {len(todo)} to train "
+                        f"on {device}{ddp} → {layout.grid_dir}")
+    worker = Worker(args.grid, args.results_dir, args.data_dir, device, args.only, args.retry_failed,
                     prefix=getattr(args, "log_prefix", "") or "")
-    progress = GridProgress(len(runs), done_before, prefix=worker.prefix)
+    progress = GridProgress(len(runs), done_before, prefix=worker.prefix, quiet=not main)
     started = time.monotonic()
     try:
         outcome = worker.run(progress)
     finally:
         progress.close()
+    if not main:
+        return 130 if outcome.interrupted else 0
     if outcome.interrupted:
         console().print("interrupted: every run was checkpointed; run the same command again to resume.")
         return 130
@@ -480,19 +524,15 @@ def _keep_grid_copy(grid_path: str, layout: Layout) -> None:
     atomic.write_text(layout.grid_dir / "grid.yaml", Path(grid_path).read_text())
 
 
-def _resolve_dataset_early(grid: config.Grid, data_root: Path) -> None:
-    # A missing dataset should stop the command at once, with its one-line message.
-    from kdbench import data
-
-    check = getattr(data, "check_available", None)
-    if check is not None:
-        check(grid.dataset, data_root)
-
-
 def run_on_devices(args: argparse.Namespace, devices: list[str], grid: config.Grid, runs: list[plan.Run],
                    layout: Layout) -> int:
     """One worker process per device on this host; they share the claims."""
     procs = []
+    cpu_workers = sum(1 for d in devices if d == "cpu")
+    env = dict(os.environ)
+    if cpu_workers > 1 and "OMP_NUM_THREADS" not in env:
+        # CPU workers share the cores: one thread pool each would oversubscribe them.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
     for device in devices:
         cmd = [sys.executable, "-m", "kdbench", "run", str(args.grid), "--results-dir", str(args.results_dir),
                "--device", device, "--worker", "--log-prefix", f"[{device}] "]
@@ -504,7 +544,7 @@ def run_on_devices(args: argparse.Namespace, devices: list[str], grid: config.Gr
             cmd += ["--retry-failed"]
         for folder in args.methods_dir:
             cmd += ["--methods-dir", folder]
-        procs.append(subprocess.Popen(cmd))
+        procs.append(subprocess.Popen(cmd, env=env))
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:

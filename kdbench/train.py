@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench import atomic, methods, models
+from kdbench import atomic, distributed, methods, models
 from kdbench.errors import KdbenchError
 
 #: Students whose reference LR is 0.01 instead of 0.05 (RepDistiller / mdistiller rule).
@@ -135,6 +135,23 @@ class _SilentReporter:
         pass
 
 
+def build_data(dataset: dict[str, Any] | str, *, root: Path, device: torch.device | str, seed: int,
+               batch_size: int, options: Options) -> Any:
+    """The cohort's loaders. Under DDP, a loader that shards by itself (ImageNet's
+    DistributedSampler) gets the per-process batch; the on-device loaders draw the global
+    batch on every process and each process trains on its share of it."""
+    from kdbench import data
+
+    per_process = batch_size
+    if distributed.active() and getattr(data.dataset_class(data.resolve_spec(dataset)["name"]), "shards_itself", False):
+        if batch_size % distributed.world_size():
+            raise KdbenchError(f"schedule.batch_size: {batch_size} does not split evenly over "
+                               f"{distributed.world_size()} processes")
+        per_process = batch_size // distributed.world_size()
+    return data.build(dataset, root=root, device=device, seed=seed, batch_size=per_process,
+                      eval_batch_size=options.eval_batch_size, channels_last=options.channels_last)
+
+
 def reference_lr(student: str) -> float:
     """The reference LR for `student`: 0.01 for ShuffleNet/MobileNet students, else 0.05."""
     return 0.01 if models.canonical(student) in SMALL_LR_STUDENTS else 0.05
@@ -173,7 +190,7 @@ class _Trainee:
             params, lr=member.schedule.lr, momentum=member.schedule.momentum,
             weight_decay=member.schedule.weight_decay,
         )
-        self.forward: Callable[[Tensor], Tensor] = model
+        self.forward: Callable[[Tensor], Tensor] = distributed.wrap(model, device)
         self.compile_pending = options.compile
         self.device = device
         self.history: list[dict[str, Any]] = []
@@ -236,7 +253,7 @@ class _Trainee:
         if self.compile_pending:
             self.compile_pending = False
             try:
-                compiled = torch.compile(self.model)
+                compiled = torch.compile(self.forward)
                 logits = compiled(images)
                 self.forward = compiled
                 return logits
@@ -379,13 +396,8 @@ class _CohortTrainer:
 
     # ----- set-up -------------------------------------------------------------------
     def _build_data(self) -> Any:
-        from kdbench import data
-
-        return data.build(
-            self.cohort.dataset, root=self.cohort.data_root, device=self.device, seed=self.cohort.seed,
-            batch_size=self.batch_size, eval_batch_size=self.options.eval_batch_size,
-            channels_last=self.options.channels_last,
-        )
+        return build_data(self.cohort.dataset, root=self.cohort.data_root, device=self.device, seed=self.cohort.seed,
+                          batch_size=self.batch_size, options=self.options)
 
     def _load_teacher(self) -> None:
         self.teacher: nn.Module | None = None
@@ -493,7 +505,9 @@ class _CohortTrainer:
         started = time.perf_counter()
         precision = self.options.precision
         images_seen = 0
-        for step, (images, targets, _indices) in enumerate(train_batches(self.data.train, epoch, skip), start=skip + 1):
+        shards_itself = getattr(self.data.train, "shards_itself", False)
+        for step, batch in enumerate(train_batches(self.data.train, epoch, skip), start=skip + 1):
+            images, targets, _indices = batch if shards_itself else distributed.shard(batch)
             if need_teacher:
                 with torch.no_grad(), autocast(self.device, precision):
                     teacher_logits = self.teacher(images)
@@ -503,7 +517,7 @@ class _CohortTrainer:
                 trainee.step(images, targets, teacher_logits, epoch, step, precision)
             images_seen += targets.shape[0]
             self.reporter.step_done(epoch, step)
-            if self.should_stop():
+            if self._stop_requested(step):
                 elapsed = train_seconds + time.perf_counter() - started
                 for trainee in active:
                     self._save_partial(trainee, epoch, step, elapsed)
@@ -511,15 +525,27 @@ class _CohortTrainer:
         train_seconds += time.perf_counter() - started
         self._finish_epoch(epoch, active, lrs, train_seconds, started)
 
+    def _stop_requested(self, step: int) -> bool:
+        if not distributed.active():
+            return self.should_stop()
+        if step % 20:  # under DDP every process must stop at the same step: agree every 20 steps
+            return False
+        flag = torch.tensor([float(self.should_stop())], device=self.device)
+        return bool(distributed.all_reduce(flag, "max").item())
+
     def _finish_epoch(self, epoch: int, active: list[_Trainee], lrs: dict[str, float], train_seconds: float,
                       started: float) -> None:
         num_images = self.data.train_size
         rows = {}
-        # One host sync per member for the training accumulators.
+        world = distributed.world_size()
+        # One host sync per member for the training accumulators (summed over DDP processes).
         for trainee in active:
-            loss_sum, correct, first_bad = torch.stack([
-                trainee.loss_sum.double(), trainee.correct.double(), trainee.first_bad_step.double(),
-            ]).tolist()
+            totals = distributed.all_reduce(torch.stack([trainee.loss_sum.double(), trainee.correct.double()]))
+            first_bad_step = distributed.all_reduce(trainee.first_bad_step.clone(), "max")
+            if trainee.term_sums is not None:
+                distributed.all_reduce(trainee.term_sums)
+            loss_sum, correct, first_bad = torch.cat([totals / torch.tensor([world, 1.0], device=totals.device),
+                                                      first_bad_step.double()[None]]).tolist()
             if first_bad >= 0:
                 trainee.failure = {
                     "reason": "non-finite loss", "epoch": epoch, "step": int(first_bad),
@@ -567,12 +593,12 @@ class _CohortTrainer:
 
     def _save_checkpoint(self, trainee: _Trainee) -> None:
         path = self._checkpoint_path(trainee.member)
-        if path is not None:
+        if path is not None and distributed.is_main():
             atomic.torch_save(path, self._checkpoint_state(trainee))
 
     def _save_partial(self, trainee: _Trainee, epoch: int, step: int, train_seconds: float) -> None:
         path = self._checkpoint_path(trainee.member)
-        if path is None:
+        if path is None or not distributed.is_main():
             return
         state = self._checkpoint_state(trainee)
         state["partial"] = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
@@ -583,7 +609,7 @@ class _CohortTrainer:
         out = trainee.member.out_dir
         summary = self._summary(trainee, status)
         trainee.summary = summary
-        if out is None:
+        if out is None or not distributed.is_main():
             return
         out = Path(out)
         if not (out / "config.yaml").exists():
@@ -615,7 +641,7 @@ class _CohortTrainer:
             "seed": self.cohort.seed,
             "schedule": {**member.schedule.__dict__, "milestones": list(member.schedule.milestones)},
             "options": {"precision": self.options.precision, "channels_last": self.options.channels_last,
-                        "compile": self.options.compile},
+                        "compile": self.options.compile, "processes": distributed.world_size()},
             "status": status,
             "failure": trainee.failure,
             "epochs": self.epochs,

@@ -50,6 +50,10 @@ def kdbench(*args, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env={**os.environ, "KDBENCH_HEARTBEAT_S": "1"}, **kwargs)
 
 
+# Two torch processes with two threads each on a two-core machine slow each other down a lot.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def summaries(results: Path, grid: str = "tiny") -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in (results / grid / "runs").glob("*/summary.json")}
 
@@ -117,7 +121,8 @@ def test_sigkill_then_rerun_finishes_without_duplicates(tmp_path):
 def test_two_processes_at_once_share_the_grid(tmp_path):
     grid = write_grid(tmp_path, epochs=2, seeds=(0, 1, 2), methods=("kd", "dkd"))
     procs = [subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(grid), "--device", "cpu"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+             for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     found = summaries(tmp_path / "results")
@@ -135,6 +140,19 @@ def test_devices_list_starts_one_worker_each(tmp_path):
     assert len(found) == 4 and all(s["status"] == "done" and len(s["sessions"]) == 1 for s in found.values())
     pids = {s["sessions"][0]["pid"] for s in found.values()}
     assert len(pids) <= 2
+
+
+def test_torchrun_trains_with_ddp(tmp_path):
+    grid = write_grid(tmp_path, epochs=1, seeds=(0,), methods=("kd", "dkd"))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "kdbench", "run", str(grid), "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    assert "2 DDP processes" in result.stdout
+    found = summaries(tmp_path / "results")
+    assert len(found) == 4 and all(s["status"] == "done" and s["options"]["processes"] == 2 for s in found.values())
+    assert_each_epoch_once(tmp_path / "results", 1)
 
 
 def test_submitit_local_executor(tmp_path, monkeypatch):
@@ -206,14 +224,33 @@ def test_missing_teacher_checkpoint(tmp_path, capsys):
     assert_one_line_error(code, err, "resnet8", "t8.pth", "not found")
 
 
-def test_missing_reference_teacher_names_the_fetch_command(tmp_path, capsys):
+def offline(*args, **kwargs):
+    import urllib.error
+
+    raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+
+def test_missing_reference_teacher_is_fetched_or_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     path = write_grid(tmp_path)
     grid = yaml.safe_load(path.read_text())
     grid["pairs"][0]["teacher"] = "resnet8"  # default source: the mdistiller release under the data root
     path.write_text(yaml.safe_dump(grid))
     code, _, err = run_main(["run", path, "--results-dir", tmp_path / "results", "--data-dir", tmp_path / "data",
                              "--device", "cpu"], capsys)
-    assert_one_line_error(code, err, "resnet8_vanilla", "kdbench teachers fetch")
+    assert_one_line_error(code, err, "cifar_teachers.tar", str(tmp_path / "data"), "by hand")
+
+
+def test_the_paper_grid_without_cifar100_stops_at_once(tmp_path, capsys, monkeypatch):
+    from kdbench.data import cifar100
+
+    monkeypatch.setattr(cifar100, "download_archive", offline)
+    grid = Path(__file__).resolve().parents[1] / "experiments" / "cifar100_grid.yaml"
+    started = time.monotonic()
+    code, _, err = run_main(["run", grid, "--results-dir", tmp_path / "results", "--data-dir", tmp_path / "data",
+                             "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "cifar-100-python.tar.gz", str(tmp_path / "data"))
+    assert time.monotonic() - started < 10
 
 
 def test_unwritable_results_folder(tmp_path, capsys):

@@ -106,6 +106,11 @@ def build(
     )
 
 
+def prepare(spec: str | Mapping[str, Any], root: str | os.PathLike) -> None:
+    """Make sure `spec`'s files are under `root` (downloading if allowed); a one-line error if not."""
+    instantiate(spec).prepare(Path(root))
+
+
 def resolve_root(cli_value: str | None, grid_value: str | None) -> Path:
     """The data root: `--data-dir`, then `$KDBENCH_DATA`, then the grid's `data.root`, then `./data`."""
     for value in (cli_value, os.environ.get(ENV_ROOT), grid_value):

@@ -91,6 +91,9 @@ class Dataset:
     # RandomCrop padding used for training augmentation (0 disables the crop).
     crop_padding: int = 4
     hflip: bool = True
+    # True when the train loader splits the data across DDP processes itself (it then gets
+    # the per-process batch size); the on-device loaders are sharded by the trainer.
+    shards_itself: bool = False
 
     def __init__(self, train_size: int | None = None, val_size: int = 0, split_seed: int = 0) -> None:
         self.train_size = train_size
@@ -104,6 +107,13 @@ class Dataset:
             raise KdbenchError(f"dataset '{self.name}': train_size must be >= 1 or null, got {self.train_size}")
         if self.val_size < 0:
             raise KdbenchError(f"dataset '{self.name}': val_size must be >= 0, got {self.val_size}")
+
+    def prepare(self, root: Path) -> None:
+        """Make sure the files are on disk (downloading them if allowed), without loading them.
+
+        Raises a one-line `KdbenchError` saying which file to put where. `kdbench run` calls
+        it first, so a missing dataset stops the command at once.
+        """
 
     # -- in-memory datasets -------------------------------------------------------------
 

@@ -119,6 +119,10 @@ class Cifar100(Dataset):
     mean = (0.5071, 0.4867, 0.4408)
     std = (0.2675, 0.2565, 0.2761)
 
+    def prepare(self, root: Path) -> None:
+        """Unpack, or download and unpack, the official archive if the folder is missing."""
+        ensure_files(root)
+
     def load_arrays(self, root: Path) -> Arrays:
         """Read `<root>/cifar-100-python/` (unpacking or downloading the archive if needed)."""
         folder = ensure_files(root)

@@ -100,8 +100,21 @@ class FashionMnist(Dataset):
     mean = (0.2860,)
     std = (0.3530,)
 
+    def prepare(self, root: Path) -> None:
+        """Find the idx files, downloading them if they are nowhere."""
+        self._files(root)
+
     def load_arrays(self, root: Path) -> Arrays:
         """Read the idx files from torchvision's layout or the Debian package (download if neither)."""
+        files = self._files(root)
+        train_images = _images(files["train_images"])
+        test_images = _images(files["test_images"])
+        return Arrays(
+            train_images, _labels(files["train_labels"], len(train_images)),
+            test_images, _labels(files["test_labels"], len(test_images)), list(CLASS_NAMES),
+        )
+
+    def _files(self, root: Path) -> dict[str, Path]:
         files = find_files(root)
         if files is None:
             try:
@@ -115,12 +128,7 @@ class FashionMnist(Dataset):
             files = find_files(root)
             if files is None:
                 raise KdbenchError(f"fashion_mnist: download finished but {torchvision_dir(root)}/ lacks the idx files")
-        train_images = _images(files["train_images"])
-        test_images = _images(files["test_images"])
-        return Arrays(
-            train_images, _labels(files["train_labels"], len(train_images)),
-            test_images, _labels(files["test_labels"], len(test_images)), list(CLASS_NAMES),
-        )
+        return files
 
     def presence(self, root: Path) -> dict[str, Any]:
         """Found in torchvision's layout under the root, or where the Debian package puts it."""

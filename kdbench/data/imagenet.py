@@ -67,7 +67,12 @@ def _to_device(batch: Any, device: torch.device, dtype: torch.dtype, channels_la
 
 
 class FolderTrainLoader:
-    """Shuffled, augmented batches from image files; `epoch(e)` is seeded by `(seed, e)`."""
+    """Shuffled, augmented batches from image files; `epoch(e)` is seeded by `(seed, e)`.
+
+    Under DDP its DistributedSampler gives each process its own share of the data.
+    """
+
+    shards_itself = True
 
     def __init__(self, dataset: IndexedFiles, *, batch_size: int, seed: int, device: torch.device,
                  workers: int, channels_last: bool, dtype: torch.dtype) -> None:
@@ -185,6 +190,14 @@ class Imagenet(Dataset):
         if self.workers < 0:
             raise KdbenchError(f"dataset 'imagenet': workers must be >= 0, got {self.workers}")
         super().check()
+
+    shards_itself = True
+
+    def prepare(self, root: Path) -> None:
+        """ImageNet is never downloaded: check that `train/` and `val/` exist."""
+        for split in ("train", "val"):
+            if not (root / FOLDER / split).is_dir():
+                raise _missing(root, f"no {split}/ folder")
 
     def build(self, *, root: Path, device: torch.device, seed: int, batch_size: int, eval_batch_size: int,
               channels_last: bool, dtype: torch.dtype, spec: dict[str, Any]) -> DataSplits:
