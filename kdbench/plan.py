@@ -69,6 +69,7 @@ def teacher_training_config(grid: Grid, pair: Pair) -> dict[str, Any]:
         "dataset": grid.dataset,
         "seed": pair.teacher.seed,
         "schedule": resolve_schedule(pair.teacher.arch, pair.teacher.schedule),
+        "options": {k: grid.options[k] for k in RUN_OPTION_KEYS},
     })
 
 

@@ -212,6 +212,12 @@ def _options(grid: config.Grid, run: plan.Run) -> Options:
                    eval_batch_size=grid.options["eval_batch_size"])
 
 
+def _teacher_options(grid: config.Grid) -> Options:
+    opts = grid.options
+    return Options(precision=opts["precision"], channels_last=opts["channels_last"], compile=opts["compile"],
+                   eval_batch_size=opts["eval_batch_size"])
+
+
 def _record_failure(layout: Layout, run: plan.Run, reason: str, grid_name: str) -> None:
     out = layout.run_dir(run.run_id)
     summary = read_summary(out) or {
@@ -337,7 +343,7 @@ class Worker:
         try:
             if not path.is_file():
                 train_teacher(plan.teacher_training_config(self.grid, pair), path, self.data_root, self.device,
-                              progress, self.stop, eval_batch_size=self.grid.options["eval_batch_size"])
+                              progress, self.stop, options=_teacher_options(self.grid))
         finally:
             heartbeat.remove(lock)
             locks.release(lock, self.owner)

@@ -234,10 +234,11 @@ def evaluate_teachers(folder: Path, dataset: str, data_root: Path, device: str) 
 
 
 def train_teacher(teacher_config: dict, weights_path: Path, data_root: Path, device: str,
-                  progress=None, should_stop=None, eval_batch_size: int = 1024) -> Path:
+                  progress=None, should_stop=None, options=None) -> Path:
     """Train a teacher from scratch with the student harness (the vanilla method).
 
-    `teacher_config` is `{arch, dataset, seed, schedule}`. The run record (checkpoint,
+    `teacher_config` is `{arch, dataset, seed, schedule, options}`; `options` are the speed
+    options (`train.Options`) to train with. The run record (checkpoint,
     metrics, summary) goes next to `weights_path`, so an interrupted training resumes; the
     finished weights are written to `weights_path` in the release format `{"model": state_dict}`.
     """
@@ -251,7 +252,7 @@ def train_teacher(teacher_config: dict, weights_path: Path, data_root: Path, dev
         record={"variant": "teacher"},
     )
     cohort = Cohort(dataset=teacher_config["dataset"], seed=teacher_config["seed"], members=[member],
-                    options=Options(eval_batch_size=eval_batch_size), data_root=Path(data_root))
+                    options=options or Options(), data_root=Path(data_root))
     reporter = progress.cohort(f"teacher {teacher_config['arch']}", {member.run_id: "teacher"}) if progress else None
     try:
         (result,) = train_cohort(cohort, device, reporter=reporter, should_stop=should_stop)

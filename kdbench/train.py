@@ -60,7 +60,7 @@ class Options:
     precision: str = "fp32"  # fp32 or bf16 (autocast)
     channels_last: bool = False
     compile: bool = False
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 256
 
 
 @dataclass

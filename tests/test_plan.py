@@ -224,7 +224,8 @@ def test_trained_teacher_hashes_its_training_config():
     pair = grid.pairs[2]
     config = teacher_training_config(grid, pair)
     assert config == {"arch": "vgg13", "dataset": grid.dataset, "seed": 5,
-                      "schedule": {**grid.schedule, "epochs": 7, "lr": 0.05}}
+                      "schedule": {**grid.schedule, "epochs": 7, "lr": 0.05},
+                      "options": {"precision": "fp32", "channels_last": False, "compile": False}}
     run = next(r for r in plan(grid) if r.teacher == "vgg13")
     assert run.config["teacher"] == {"arch": "vgg13", "checkpoint": "train", "train_id": teacher_training_id(grid, pair)}
     # The teacher's seed matters for runs of a trained teacher, not for a released one.
