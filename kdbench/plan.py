@@ -50,12 +50,6 @@ def resolve_schedule(model: str, schedule: dict[str, Any]) -> dict[str, Any]:
     return {**schedule, "lr": lr_for(model, schedule), "milestones": list(schedule["milestones"])}
 
 
-def lr_at(schedule: dict[str, Any], epoch: int) -> float:
-    """The LR of 1-based `epoch` under a resolved schedule: lr · lr_decay^(milestones < epoch)."""
-    steps = sum(1 for m in schedule["milestones"] if m < epoch)
-    return float(schedule["lr"]) * float(schedule["lr_decay"]) ** steps
-
-
 def teacher_training_config(grid: Grid, pair: Pair) -> dict[str, Any]:
     """What training `pair`'s teacher in the grid means: arch, dataset spec, seed and resolved schedule.
 

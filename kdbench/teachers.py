@@ -301,11 +301,12 @@ def cli_teachers(args) -> int:
     from kdbench import models
     from kdbench.bench import check_device
     from kdbench.progress import GridProgress
-    from kdbench.train import Schedule, reference_lr
+    from kdbench.plan import lr_for
+    from kdbench.train import Schedule
 
     arch = models.canonical(args.arch)
     spec = data.resolve_spec(args.dataset)
-    schedule = {**Schedule().__dict__, "epochs": args.epochs, "lr": args.lr or reference_lr(arch),
+    schedule = {**Schedule().__dict__, "epochs": args.epochs, "lr": args.lr or lr_for(arch, {"lr": "auto"}),
                 "milestones": [m for m in Schedule().milestones if m < args.epochs]}
     out = Path(args.out) if args.out else teacher_path(root, arch)
     progress = GridProgress(1, 0)

@@ -25,10 +25,6 @@ from torch import Tensor, nn
 from kdbench import atomic, distributed, methods, models
 from kdbench.errors import KdbenchError
 
-#: Students whose reference LR is 0.01 instead of 0.05 (RepDistiller / mdistiller rule).
-SMALL_LR_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")
-
-
 @dataclass(frozen=True)
 class Schedule:
     """SGD recipe of one member. Defaults are the reference CIFAR-100 recipe."""
@@ -150,11 +146,6 @@ def build_data(dataset: dict[str, Any] | str, *, root: Path, device: torch.devic
         per_process = batch_size // distributed.world_size()
     return data.build(dataset, root=root, device=device, seed=seed, batch_size=per_process,
                       eval_batch_size=options.eval_batch_size, channels_last=options.channels_last)
-
-
-def reference_lr(student: str) -> float:
-    """The reference LR for `student`: 0.01 for ShuffleNet/MobileNet students, else 0.05."""
-    return 0.01 if models.canonical(student) in SMALL_LR_STUDENTS else 0.05
 
 
 def init_seed(seed: int, arch: str) -> int:

@@ -12,7 +12,7 @@ import pytest
 from kdbench import models
 from kdbench.config import parse_grid
 from kdbench.plan import (
-    Run, canonical_json, cohorts, config_hash, describe_plan, lr_at, lr_for, plan, teacher_training_config,
+    Run, canonical_json, cohorts, config_hash, describe_plan, lr_for, plan, teacher_training_config,
     teacher_training_id,
 )
 
@@ -133,15 +133,6 @@ def test_auto_lr_in_runs_and_pair_schedule_override():
     obj["pairs"][0]["schedule"] = {"lr": 0.02}
     lrs = {r.pair: r.config["schedule"]["lr"] for r in runs_of(obj)}
     assert lrs == {"resnet32x4->resnet8x4": 0.02, "resnet56->resnet20": 0.05, "vgg13->MobileNetV2": 0.01}
-
-
-def test_lr_at_follows_milestones():
-    schedule = {"lr": 0.05, "lr_decay": 0.1, "milestones": [150, 180, 210]}
-    assert [lr_at(schedule, e) for e in (1, 150, 151, 180, 181, 211, 240)] == pytest.approx(
-        [0.05, 0.05, 0.005, 0.005, 5e-4, 5e-5, 5e-5])
-
-
-# -- run_id stability ------------------------------------------------------------------------------------
 
 
 def edited(**edit) -> dict:
