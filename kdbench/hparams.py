@@ -141,3 +141,28 @@ def resolve(kind: str, name: str, params: list[HParam], values: dict[str, Any]) 
         else:
             resolved[p.name] = p.default
     return resolved
+
+
+@dataclass(frozen=True)
+class Description:
+    """What `describe()` reports for a method or dataset: its name, the first line of its
+    docstring, its hyper-parameters (types and defaults) and the file that registered it."""
+
+    name: str
+    summary: str
+    hparams: list[HParam]
+    source: str
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {self.summary}"]
+        for p in self.hparams:
+            default = "required" if p.required else repr(p.default)
+            lines.append(f"  {p.name}: {p.type_name()} = {default}")
+        return "\n".join(lines)
+
+
+def describe_class(name: str, cls: type, source: str) -> Description:
+    """The `Description` of a registered class, read from its docstring and `__init__`."""
+    doc = inspect.getdoc(cls) or ""
+    summary = doc.strip().splitlines()[0] if doc.strip() else "(no description)"
+    return Description(name, summary, signature_hparams(cls.__init__), source)

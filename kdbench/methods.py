@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import inspect
 import os
 import sys
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +25,7 @@ import torch
 from torch import nn
 
 from kdbench.errors import KdbenchError
-from kdbench.hparams import HParam, resolve, signature_hparams
+from kdbench.hparams import Description, HParam, describe_class, resolve, signature_hparams
 from kdbench.registry import Registry
 
 ENV_PATH = "KDBENCH_METHODS_PATH"
@@ -177,27 +175,8 @@ def needs_teacher(method: nn.Module) -> bool:
     return bool(getattr(method, "needs_teacher", True))
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """What `describe()` reports: the name, the docstring's first line and the hyper-parameters."""
-
-    name: str
-    summary: str
-    hparams: list[HParam]
-    source: str
-
-    def __str__(self) -> str:
-        lines = [f"{self.name}: {self.summary}"]
-        for p in self.hparams:
-            default = "required" if p.required else repr(p.default)
-            lines.append(f"  {p.name}: {p.type_name()} = {default}")
-        return "\n".join(lines)
-
-
-def describe(name: str) -> MethodInfo:
+def describe(name: str) -> Description:
     """The one-line description and the hyper-parameters (types, defaults) of method `name`."""
     cls = method_class(name)
-    doc = inspect.getdoc(cls) or ""
-    summary = doc.strip().splitlines()[0] if doc.strip() else "(no description)"
     canonical = _registry.canonical(name)
-    return MethodInfo(canonical, summary, hparams_of(name), _registry.source(name))
+    return describe_class(canonical, cls, _registry.source(canonical))

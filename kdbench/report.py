@@ -27,7 +27,6 @@ import argparse
 import io
 import math
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +37,7 @@ import yaml
 
 from kdbench import atomic, results, stats
 from kdbench.errors import KdbenchError
+from kdbench.tables import Cell, Table, finite, to_csv, to_latex, to_markdown
 
 __all__ = [
     "METRICS", "Cell", "Prepared", "Report", "Table", "build_report", "cli_report", "cost_table", "gain_table",
@@ -70,167 +70,6 @@ METRICS: dict[str, MetricInfo] = {
         "Test top-1 (%) at the epoch with the best validation top-1",
     ),
 }
-
-
-# ---------------------------------------------------------------------------- cells, tables
-
-
-@dataclass
-class Cell:
-    """One table cell: a number with optional std, seed count, mark and bold; or plain text."""
-
-    value: float | None = None
-    std: float | None = None
-    n: int | None = None
-    show_n: bool = False
-    mark: str = ""
-    bold: bool = False
-    note: str = ""  # shown after the number, e.g. "(3/4 pairs)"
-    text: str | None = None
-    signed: bool = False
-
-    def plain(self) -> str:
-        """The cell as plain text (no bold markup)."""
-        return _render_cell(self, bold=lambda s: s, pm=" ± ", arrow=lambda a: a)
-
-
-def _finite(x: Any) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _render_cell(cell: Cell, *, bold, pm: str, arrow, text=lambda s: s, dash: str = "—") -> str:
-    if cell.text is not None:
-        return text(cell.text)
-    if not _finite(cell.value):
-        return dash
-    core = f"{cell.value:+.2f}" if cell.signed else f"{cell.value:.2f}"
-    if _finite(cell.std):
-        core += f"{pm}{cell.std:.2f}"
-    parts = [bold(core) if cell.bold else core]
-    if cell.mark:
-        parts.append(arrow(cell.mark))
-    if cell.show_n and cell.n is not None:
-        parts.append(f"(n={cell.n})")
-    if cell.note:
-        parts.append(text(cell.note))
-    return " ".join(parts)
-
-
-@dataclass
-class Table:
-    """A rendered view: header, rows of cells, notes to print under it, and its CSV data.
-
-    `align` holds one LaTeX column spec per column (`l`, `r`, `c` or `p{...}`); Markdown
-    alignment follows it.
-    """
-
-    name: str
-    title: str
-    header: list[str]
-    rows: list[list[Cell]]
-    data: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    align: list[str] | None = None
-
-    def column_specs(self) -> list[str]:
-        """LaTeX column specs, defaulting to `l` then `r`."""
-        return self.align or ["l"] + ["r"] * (len(self.header) - 1)
-
-
-def _md_escape(s: str) -> str:
-    return s.replace("|", "\\|")
-
-
-def to_markdown(table: Table) -> str:
-    """The table as GitHub-flavoured Markdown: a `###` title, the table, then the notes as a list."""
-    sep = {"l": ":--", "r": "--:", "c": ":-:"}
-    lines = [f"### {table.title}", ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h in table.header) + " |")
-    lines.append("|" + "|".join(sep.get(spec[0], ":--") for spec in table.column_specs()) + "|")
-    for row in table.rows:
-        cells = [_render_cell(c, bold=lambda s: f"**{s}**", pm=" ± ", arrow=lambda a: a, text=_md_escape) for c in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    if table.notes:
-        lines.append("")
-        lines.extend(f"- {note}" for note in table.notes)
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_CHARS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "↑": r"$\uparrow$",
-    "↓": r"$\downarrow$", "→": r"$\rightarrow$", "—": "---", "–": "--", "−": "$-$", "α": r"$\alpha$",
-    "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "·": r"$\cdot$", "…": r"\dots{}", "<": r"\textless{}",
-    ">": r"\textgreater{}", "|": r"\textbar{}", "’": "'", "“": "``", "”": "''",
-}
-
-
-def _latex_escape(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in _LATEX_CHARS:
-            out.append(_LATEX_CHARS[ch])
-        elif ord(ch) < 128:
-            out.append(ch)
-        else:  # anything else pdflatex may not know: its ASCII skeleton, or nothing
-            out.append(unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode())
-    return "".join(out)
-
-
-def _latex_inline(s: str) -> str:
-    """Escape `s` for LaTeX, turning Markdown `code` into \\texttt and **bold** into \\textbf."""
-    out = []
-    for i, part in enumerate(re.split(r"`([^`]*)`", s)):
-        if i % 2:
-            out.append(r"\texttt{" + _latex_escape(part) + "}")
-        else:
-            pieces = re.split(r"\*\*([^*]+)\*\*", part)
-            out.extend(r"\textbf{" + _latex_escape(p) + "}" if j % 2 else _latex_escape(p) for j, p in enumerate(pieces))
-    return "".join(out)
-
-
-def _latex_header(h: str) -> str:
-    # Pair labels are long: stack "teacher" over "→ student" in a nested tabular.
-    if "→" in h:
-        head, _, tail = h.partition("→")
-        if head.strip():
-            return r"\begin{tabular}[b]{@{}c@{}}" + _latex_escape(head) + r"\\$\rightarrow$" + _latex_escape(tail) + r"\end{tabular}"
-    return _latex_escape(h)
-
-
-def to_latex(table: Table, *, label: str | None = None) -> str:
-    """The table as a booktabs `table` float, ready to `\\input` (needs only `\\usepackage{booktabs}`)."""
-    specs = table.column_specs()
-    lines = [
-        r"\begin{table}[htbp]", r"\centering", r"\small",
-        r"\caption{" + _latex_inline(table.title) + "}",
-    ]
-    if label:
-        lines.append(r"\label{" + label + "}")
-    lines.append(r"\begin{tabular}{" + "".join(specs) + "}")
-    lines.append(r"\toprule")
-    lines.append(" & ".join(_latex_header(h) for h in table.header) + r" \\")
-    lines.append(r"\midrule")
-    for i, row in enumerate(table.rows):
-        cells = [_render_cell(c, bold=lambda s: r"\textbf{" + s + "}", pm=r" $\pm$ ",
-                              arrow=lambda a: _LATEX_CHARS[a], text=_latex_escape, dash="---") for c in row]
-        lines.append(" & ".join(cells) + r" \\")
-        if i == 0 and row and row[0].text == TEACHER_ROW:
-            lines.append(r"\midrule")  # the teacher row is a reference, not a competitor
-    lines.append(r"\bottomrule")
-    lines.append(r"\end{tabular}")
-    if table.notes:
-        lines.append(r"\par\smallskip")
-        lines.append(r"{\footnotesize\raggedright")
-        lines.extend(_latex_inline(note) + r"\par" for note in table.notes)
-        lines.append("}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(table: Table) -> str:
-    """The table's machine-readable data (one number per column) as CSV text."""
-    return table.data.to_csv(index=False, float_format="%.10g", lineterminator="\n")
 
 
 # ---------------------------------------------------------------------------- preparing runs
@@ -279,7 +118,7 @@ class Prepared:
 
 def _order(found: Iterable[str], preferred: Sequence[str] | None, first: Sequence[str] = ()) -> list[str]:
     found = list(dict.fromkeys(found))
-    head = [x for x in (preferred or first) if x in found]
+    head = [x for x in dict.fromkeys(preferred or first) if x in found]
     return head + sorted((x for x in found if x not in head), key=lambda x: (x.lower(), x))
 
 
@@ -381,11 +220,11 @@ def _paired(prep: Prepared, cells: dict, variant: str, column: str) -> stats.Pai
 
 def _best(values: dict[str, float]) -> set[str]:
     """Keys whose value, rounded as displayed, equals the largest: ties are all best."""
-    finite = {k: round(v, 2) for k, v in values.items() if _finite(v)}
-    if not finite:
+    shown = {k: round(v, 2) for k, v in values.items() if finite(v)}
+    if not shown:
         return set()
-    top = max(finite.values())
-    return {k for k, v in finite.items() if v == top}
+    top = max(shown.values())
+    return {k for k, v in shown.items() if v == top}
 
 
 def _significance_notes(prep: Prepared, tests: list[stats.PairedTest]) -> list[str]:
@@ -434,9 +273,9 @@ def main_table(prep: Prepared) -> Table:
     for c in prep.columns:
         vals = prep.runs.loc[prep.runs["column"] == c, "teacher_top1"].dropna()
         mean, std, n = stats.mean_std(vals.tolist())
-        std = std if _finite(std) and std > 0.005 else None  # one checkpoint: no spread to show
+        std = std if finite(std) and std > 0.005 else None  # one checkpoint: no spread to show
         teacher_row.append(Cell(value=mean, std=std))
-        if _finite(mean):
+        if finite(mean):
             teacher_means.append(mean)
         data.append({"variant": TEACHER_ROW, "column": c, "mean": mean, "std": std if std else math.nan, "n": n})
     t_avg = sum(teacher_means) / len(teacher_means) if teacher_means else math.nan
@@ -486,8 +325,9 @@ def main_table(prep: Prepared) -> Table:
     if prep.not_done is not None and len(prep.not_done):
         notes.append(f"{len(prep.not_done)} run(s) not done (running or failed) are left out; see the runs-not-done table.")
     notes += prep.notes
+    # The teacher row (first) is a reference, not a competitor: rule it off.
     return Table(name="main", title=f"Test top-1 (%), {info.short}", header=header, rows=rows,
-                 data=frame, notes=notes)
+                 data=frame, notes=notes, rule_after=(0,))
 
 
 def gain_table(prep: Prepared) -> Table | None:
@@ -588,7 +428,7 @@ def reproduction_table(prep: Prepared, published: pd.DataFrame | None = None) ->
         for _, p in matches.iterrows():
             if p["method"] == "teacher":
                 mean, std, n = stats.mean_std(col_runs["teacher_top1"].dropna().tolist())
-                candidates = [(TEACHER_ROW, mean, None, None)] if _finite(mean) else []
+                candidates = [(TEACHER_ROW, mean, None, None)] if finite(mean) else []
             else:
                 candidates = [(v, *cells[(v, c)][:3]) for v in prep.variants
                               if (v, c) in cells and _variant_matches(col_runs, v, p["method"])]
@@ -659,7 +499,7 @@ _KIND_NOTES = {"GPU": "GPU-hours: runs on cuda devices", "CPU": "CPU-hours: runs
 
 
 def _duration(seconds: float) -> str:
-    if not _finite(seconds):
+    if not finite(seconds):
         return "—"
     if seconds < 60:
         return f"{seconds:.1f} s"

@@ -273,33 +273,28 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, precision: str
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    counts = torch.zeros(6, device=device, dtype=torch.long)  # top1, top5, n, wrong_ok, wrong_n, right_ok
-    right_n = torch.zeros((), device=device, dtype=torch.long)
+    # top-1 hits, top-5 hits, samples; hits and samples where the teacher is wrong, then right
+    counts = torch.zeros(7, device=device, dtype=torch.long)
     for images, targets, indices in loader:
         with autocast(device, precision):
             logits = model(images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit1 = top[:, 0] == targets
-        hit5 = (top == targets[:, None]).any(dim=1)
         counts[0] += hit1.sum()
-        counts[1] += hit5.sum()
+        counts[1] += (top == targets[:, None]).any(dim=1).sum()
         counts[2] += targets.numel()
         if teacher_correct is not None:
             right = teacher_correct[indices]
-            counts[3] += (hit1 & ~right).sum()
-            counts[4] += (~right).sum()
-            counts[5] += (hit1 & right).sum()
-            right_n += right.sum()
+            counts[3:] += torch.stack([(hit1 & ~right).sum(), (~right).sum(), (hit1 & right).sum(), right.sum()])
     model.train(was_training)
-    values = torch.cat([counts, right_n[None]]).tolist()
-    top1, top5, n, wrong_ok, wrong_n, right_ok, right_total = values
-    result = {"loss": loss_sum.item() / max(n, 1), "top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1)}
+    top1, top5, n, wrong_hits, wrong_n, right_hits, right_n = counts.tolist()
+    n = max(n, 1)
+    result = {"loss": loss_sum.item() / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
     if teacher_correct is not None:
-        result["top1_teacher_wrong"] = 100.0 * wrong_ok / wrong_n if wrong_n else None
-        result["top1_teacher_right"] = 100.0 * right_ok / right_total if right_total else None
+        result["top1_teacher_wrong"] = 100.0 * wrong_hits / wrong_n if wrong_n else None
+        result["top1_teacher_right"] = 100.0 * right_hits / right_n if right_n else None
     return result
 
 
@@ -462,10 +457,10 @@ class _CohortTrainer:
     # ----- the loop ------------------------------------------------------------------
     def run(self, until_epoch: int | None) -> list[MemberResult]:
         active = [t for t in self.trainees if t.failure is None and t.epochs_done < self.epochs]
-        starts = {t.epochs_done for t in active}
-        if len(starts) > 1:
-            raise ValueError(f"cohort members are at different epochs {sorted(starts)}; resume them in separate cohorts")
-        start = starts.pop() if starts else self.epochs
+        # Lock-step needs a common start. Members ahead (killed between two members'
+        # checkpoints) wait for the next call, which resumes them on their own.
+        start = min((t.epochs_done for t in active), default=self.epochs)
+        active = [t for t in active if t.epochs_done == start]
         last = self.epochs if until_epoch is None else min(self.epochs, until_epoch)
         train = self.data.train
         self.reporter.cohort_started([t.member for t in self.trainees], self.epochs, start, len(train))

@@ -118,6 +118,28 @@ def test_sigkill_then_rerun_finishes_without_duplicates(tmp_path):
         assert starts[-1] == epochs_before or len(starts) == 1, (run_id, starts, epochs_before)
 
 
+def test_ctrl_c_checkpoints_mid_epoch_and_exits_cleanly(tmp_path):
+    grid = write_grid(tmp_path, epochs=3, seeds=(0,), methods=("kd",), train_size=512)
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(grid), "--device", "cpu"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(s.get("epochs_done", 0) >= 1 for s in summaries(results).values()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the grid finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in out
+    partial = [torch.load(p, weights_only=True)["partial"] for p in (results / "tiny" / "runs").glob("*/checkpoint.pt")]
+    assert any(p is not None and p["step"] >= 1 for p in partial)
+    rerun = kdbench("run", grid, "--device", "cpu", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert all(s["status"] == "done" for s in summaries(results).values())
+    assert_each_epoch_once(results, 3)
+
+
 def test_two_processes_at_once_share_the_grid(tmp_path):
     grid = write_grid(tmp_path, epochs=2, seeds=(0, 1, 2), methods=("kd", "dkd"))
     procs = [subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(grid), "--device", "cpu"], cwd=tmp_path,

@@ -63,6 +63,17 @@ def test_resume_after_a_kill_is_bitwise_identical(tmp_path, splits):
     assert (tmp_path / "b" / "kd" / "metrics.jsonl").read_text().count("\n") == 3
 
 
+def test_members_at_different_epochs_catch_up_one_call_at_a_time(tmp_path, splits):
+    straight = train_cohort(cohort([member("kd", None), member("dkd", None)]), "cpu", data=splits)
+    make = lambda: cohort([member("kd", tmp_path / "kd"), member("dkd", tmp_path / "dkd")])  # noqa: E731
+    train_cohort(cohort([member("kd", tmp_path / "kd")]), "cpu", data=splits, until_epoch=1)
+    first = train_cohort(make(), "cpu", data=splits)  # dkd trains alone from epoch 0; kd waits
+    assert [r.epochs_done for r in first] == [1, 3]
+    second = train_cohort(make(), "cpu", data=splits)
+    assert [r.epochs_done for r in second] == [3, 3]
+    assert_same_results(straight, second)
+
+
 def test_stop_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, splits):
     straight = train_cohort(cohort([member("kd", tmp_path / "a" / "kd"), member("rld", tmp_path / "a" / "rld")]),
                             "cpu", data=splits)

@@ -13,9 +13,7 @@ Its keys are the dataset class's `__init__` keyword arguments; every dataset tak
 
 from __future__ import annotations
 
-import inspect
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,7 +21,7 @@ import torch
 
 from kdbench.data.base import Arrays, DataSplits, Dataset, _registry, register
 from kdbench.errors import KdbenchError
-from kdbench.hparams import HParam, resolve, signature_hparams
+from kdbench.hparams import Description, HParam, describe_class, resolve, signature_hparams
 
 # Importing the modules registers the built-in datasets. `imagenet` imports torchvision
 # lazily, inside its methods, so this stays cheap.
@@ -32,7 +30,7 @@ from kdbench.data import cifar100, fashion_mnist, imagenet, synthetic  # noqa: E
 ENV_ROOT = "KDBENCH_DATA"
 
 __all__ = [
-    "Arrays", "DataSplits", "Dataset", "DatasetInfo", "available", "build", "dataset_class",
+    "Arrays", "DataSplits", "Dataset", "available", "build", "dataset_class",
     "describe", "instantiate", "presence", "register", "resolve_root", "resolve_spec", "spec_keys",
 ]
 
@@ -119,30 +117,10 @@ def resolve_root(cli_value: str | None, grid_value: str | None) -> Path:
     return Path("data")
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What `describe()` reports: the name, the docstring's first line and the spec keys."""
-
-    name: str
-    summary: str
-    keys: list[HParam]
-    source: str
-
-    def __str__(self) -> str:
-        lines = [f"{self.name}: {self.summary}"]
-        for p in self.keys:
-            default = "required" if p.required else repr(p.default)
-            lines.append(f"  {p.name}: {p.type_name()} = {default}")
-        return "\n".join(lines)
-
-
-def describe(name: str) -> DatasetInfo:
+def describe(name: str) -> Description:
     """The one-line description and the spec keys (types, defaults) of dataset `name`."""
-    cls = dataset_class(name)
-    doc = inspect.getdoc(cls) or ""
-    summary = doc.strip().splitlines()[0] if doc.strip() else "(no description)"
     canonical = _registry.canonical(name)
-    return DatasetInfo(canonical, summary, spec_keys(canonical), _registry.source(canonical))
+    return describe_class(canonical, dataset_class(canonical), _registry.source(canonical))
 
 
 def presence(root: str | os.PathLike) -> list[dict[str, Any]]:

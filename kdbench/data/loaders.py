@@ -137,6 +137,13 @@ def augment(
     return normalize(raw, _stats(mean, images.device), _stats(std, images.device), dtype, channels_last)
 
 
+def _check_split(images: torch.Tensor, targets: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+
+
 class TrainLoader:
     """Shuffled, augmented batches of an in-memory uint8 split, on its device.
 
@@ -161,10 +168,7 @@ class TrainLoader:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        _check_split(images, targets)
         self.device = images.device
         self.num_samples = len(images)
         self.image_shape = tuple(images.shape[1:])
@@ -233,10 +237,7 @@ class EvalLoader:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        _check_split(images, targets)
         self.device = images.device
         self.images = images.contiguous()
         self.targets = targets.to(device=self.device, dtype=torch.long)
