@@ -197,3 +197,22 @@ def test_readme_example_is_a_complete_method_under_25_lines(tmp_path):
         capture_output=True, text=True, env={**os.environ, methods.ENV_PATH: str(tmp_path)}, timeout=120,
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_entry_points_are_loaded(monkeypatch, clean_registry):
+    from importlib import metadata
+
+    loaded = []
+
+    class FakeEntryPoint:
+        name, value = "fake", "fake_package.losses"
+
+        def load(self):
+            loaded.append(self.name)
+            methods.register("entry_point_loss")(type("EntryPointLoss", (nn.Module,), {"__doc__": "From a package."}))
+
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [FakeEntryPoint()] if group == methods.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(methods, "_loaded_entry_points", False)
+    assert "entry_point_loss" in methods.available() and loaded == ["fake"]
+    methods.available()
+    assert loaded == ["fake"]  # loaded once
