@@ -62,8 +62,11 @@ class CohortProgress:
         self.epoch_started = time.monotonic()
         self.last_line = 0.0
 
-    def cohort_started(self, members: list[Member], epochs: int, start_epoch: int, steps_per_epoch: int) -> None:
-        self.epochs, self.steps = epochs, steps_per_epoch
+    def cohort_started(self, members: list[Member], epochs: int, start_epoch: int, steps_per_epoch: int,
+                       batch_size: int) -> None:
+        """`batch_size` counts the images of one step summed over the training members."""
+        self.epochs, self.steps, self.images_per_step = epochs, steps_per_epoch, batch_size
+        self.accuracy = ""
         self.grid.log(f"{self.description}: {len(members)} members, epochs {start_epoch + 1}..{epochs}, "
                       f"{steps_per_epoch} steps per epoch")
         if self.grid.progress is not None:
@@ -72,8 +75,13 @@ class CohortProgress:
         self.epoch_started = time.monotonic()
 
     def step_done(self, epoch: int, step: int) -> None:
-        if self.task is not None:
-            self.grid.progress.update(self.task, advance=1, info=f"epoch {epoch}/{self.epochs} step {step}/{self.steps}")
+        if self.task is None:
+            return
+        # Host-side timing of queued steps: approximate on a GPU, and never a sync.
+        elapsed = time.monotonic() - self.epoch_started
+        speed = f", {step * self.images_per_step / elapsed:,.0f} img/s" if elapsed > 0 else ""
+        self.grid.progress.update(self.task, advance=1,
+                                  info=f"epoch {epoch}/{self.epochs} step {step}/{self.steps}{speed}{self.accuracy}")
 
     def epoch_done(self, epoch: int, rows: dict[str, dict[str, Any]]) -> None:
         seconds = time.monotonic() - self.epoch_started
@@ -82,7 +90,7 @@ class CohortProgress:
         speed_text = f", {speed * len(rows):,.0f} img/s" if speed else ""
         line = f"{self.description} epoch {epoch}/{self.epochs} ({seconds:.1f}s{speed_text}) top-1: {_accuracy_line(rows, self.labels)}"
         if self.task is not None:
-            self.grid.progress.update(self.task, info=f"epoch {epoch}/{self.epochs}: {_accuracy_line(rows, self.labels)}"[:80])
+            self.accuracy = f" | top-1 {_accuracy_line(rows, self.labels)}"[:100]
             if epoch == self.epochs:
                 self.grid.log(line)
         else:

@@ -394,6 +394,11 @@ def _norm(name: Any) -> str:
     return re.sub(r"[^a-z0-9]", "", _text(name).lower())
 
 
+def _norm_model(name: Any) -> str:
+    # "resnet34_imagenet" (kdbench's ImageNet zoo) matches the papers' "ResNet34".
+    return _norm(name).removesuffix("imagenet")
+
+
 def _variant_matches(runs: pd.DataFrame, variant: str, published_method: str) -> bool:
     spec = PUBLISHED_METHODS.get(published_method)
     if spec is None:
@@ -413,7 +418,7 @@ def reproduction_table(prep: Prepared, published: pd.DataFrame | None = None) ->
     """Ours minus published, for each pair and variant with a bundled published number (None if none match)."""
     published = load_published() if published is None else published
     cells = _cell_stats(prep)
-    pub = published.assign(_key=[(_norm(d), _norm(t), _norm(s)) for d, t, s in
+    pub = published.assign(_key=[(_norm(d), _norm_model(t), _norm_model(s)) for d, t, s in
                                   zip(published["dataset"], published["teacher"], published["student"])])
     rows, data = [], []
     refs: dict[str, int] = {}  # source → reference number, in order of first use
@@ -421,7 +426,7 @@ def reproduction_table(prep: Prepared, published: pd.DataFrame | None = None) ->
         col_runs = prep.runs[prep.runs["column"] == c]
         with_teacher = col_runs[col_runs["teacher"] != ""]  # a shared vanilla run has no teacher
         first = (with_teacher if len(with_teacher) else col_runs).iloc[0]
-        key = (_norm(first["dataset"]), _norm(first["teacher"]), _norm(first["student"]))
+        key = (_norm(first["dataset"]), _norm_model(first["teacher"]), _norm_model(first["student"]))
         matches = pub[pub["_key"] == key]
         if matches.empty:
             continue

@@ -115,13 +115,14 @@ class TrainingInterrupted(Exception):
 class Reporter(Protocol):
     """Progress callbacks; the runner draws bars or prints lines from them."""
 
-    def cohort_started(self, members: list[Member], epochs: int, start_epoch: int, steps_per_epoch: int) -> None: ...
+    def cohort_started(self, members: list[Member], epochs: int, start_epoch: int, steps_per_epoch: int,
+                       batch_size: int) -> None: ...
     def step_done(self, epoch: int, step: int) -> None: ...
     def epoch_done(self, epoch: int, rows: dict[str, dict[str, Any]]) -> None: ...
 
 
 class _SilentReporter:
-    def cohort_started(self, members, epochs, start_epoch, steps_per_epoch) -> None:
+    def cohort_started(self, members, epochs, start_epoch, steps_per_epoch, batch_size) -> None:
         pass
 
     def step_done(self, epoch, step) -> None:
@@ -463,7 +464,8 @@ class _CohortTrainer:
         active = [t for t in active if t.epochs_done == start]
         last = self.epochs if until_epoch is None else min(self.epochs, until_epoch)
         train = self.data.train
-        self.reporter.cohort_started([t.member for t in self.trainees], self.epochs, start, len(train))
+        self.reporter.cohort_started([t.member for t in self.trainees], self.epochs, start, len(train),
+                                     self.batch_size * len(active))
         for trainee in active:
             # Who trained which epochs: a resumed run shows one session per (re)start.
             trainee.sessions.append({"host": self.env["hostname"], "pid": os.getpid(), "started_at": _now(),
