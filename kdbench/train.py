@@ -454,6 +454,8 @@ class _CohortTrainer:
         trainee.sessions = list(state.get("sessions", []))
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"]["torch"].cpu())
+            if "cuda" in state["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
 
     # ----- the loop ------------------------------------------------------------------
     def run(self, until_epoch: int | None) -> list[MemberResult]:

@@ -1,0 +1,50 @@
+"""The shipped grids load, and expand into the runs and recipes they promise."""
+
+from pathlib import Path
+
+import pytest
+
+from kdbench import config, plan
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_grid_is_valid(path):
+    grid = config.load_grid(path)
+    assert grid.name == path.stem
+    assert plan.plan(grid)
+
+
+def test_the_paper_grid():
+    grid = config.load_grid(EXPERIMENTS / "cifar100_grid.yaml")
+    runs = plan.plan(grid)
+    assert len({r.pair for r in runs}) == 14 and len({r.variant for r in runs}) == 7 and grid.seeds == [0, 1, 2]
+    assert len(runs) == 14 * 7 * 3
+    assert {r.variant for r in runs} == {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld"}
+    assert len(plan.cohorts(runs)) == 6 * 3  # one cohort per teacher and seed
+    beta = {r.pair: r.config["hparams"]["beta"] for r in runs if r.method == "dkd"}
+    assert beta["resnet56->resnet20"] == beta["resnet110->resnet32"] == beta["resnet110->resnet20"] == 2.0
+    assert beta["vgg13->vgg8"] == beta["wrn_40_2->wrn_16_2"] == beta["wrn_40_2->MobileNetV2"] == 6.0
+    assert beta["resnet32x4->resnet8x4"] == beta["ResNet50->MobileNetV2"] == 8.0
+    for run in runs:
+        expected = 0.01 if run.student in ("MobileNetV2", "ShuffleV2") else 0.05
+        assert run.config["schedule"]["lr"] == expected
+        assert run.config["schedule"]["epochs"] == 240 and run.config["schedule"]["batch_size"] == 64
+        assert run.config["teacher"]["checkpoint"] == "mdistiller"
+    rld = next(r for r in runs if r.method == "rld").config["hparams"]
+    assert rld["alpha_temperature"] == rld["temperature"] == 4.0
+
+
+def test_the_fashion_mnist_grid_trains_its_teacher():
+    grid = config.load_grid(EXPERIMENTS / "fashion_mnist.yaml")
+    runs = plan.plan(grid)
+    assert len(runs) == 7 * 3 and all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
+
+
+def test_the_imagenet_grid_is_the_reference_recipe():
+    grid = config.load_grid(EXPERIMENTS / "imagenet_r34_r18.yaml")
+    schedule = plan.plan(grid)[0].config["schedule"]
+    assert schedule == {"epochs": 100, "batch_size": 512, "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4,
+                        "milestones": [30, 60, 90], "lr_decay": 0.1}
+    assert plan.plan(grid)[0].config["teacher"] == {"arch": "resnet34_imagenet", "checkpoint": "torchvision"}
