@@ -6,29 +6,10 @@ import copy
 
 import pytest
 
-from kdbench import KdbenchError, config, models
+from kdbench import KdbenchError, config
 from kdbench.config import load_grid, parse_grid
 
 SRC = "grid.yaml"
-
-# CIFAR zoo names the tests use; those not registered yet (families still being added)
-# are accepted by a stand-in so that these tests check config.py, not the zoo.
-ZOO = {"resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "vgg8", "vgg13",
-       "wrn_16_2", "wrn_40_2", "MobileNetV2", "ShuffleV1", "ShuffleV2"}
-
-
-@pytest.fixture(autouse=True)
-def zoo(monkeypatch):
-    real = models.canonical
-    registered = set(models.available())
-
-    def canonical(name):
-        if name in ZOO and name not in registered:
-            return name
-        return real(name)
-
-    monkeypatch.setattr(models, "canonical", canonical)
-
 
 def base() -> dict:
     return {

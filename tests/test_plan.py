@@ -9,24 +9,11 @@ import json
 import pandas as pd
 import pytest
 
-from kdbench import models
 from kdbench.config import parse_grid
 from kdbench.plan import (
     Run, canonical_json, cohorts, config_hash, describe_plan, lr_for, plan, teacher_training_config,
     teacher_training_id,
 )
-
-ZOO = {"resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "vgg8", "vgg13",
-       "wrn_16_2", "wrn_40_2", "MobileNetV2", "ShuffleV1", "ShuffleV2"}
-
-
-@pytest.fixture(autouse=True)
-def zoo(monkeypatch):
-    """Accept the CIFAR zoo names the tests use even before every family is registered."""
-    real = models.canonical
-    registered = set(models.available())
-    monkeypatch.setattr(models, "canonical", lambda n: n if n in ZOO and n not in registered else real(n))
-
 
 def base() -> dict:
     return {

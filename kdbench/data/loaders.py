@@ -137,14 +137,33 @@ def augment(
     return normalize(raw, _stats(mean, images.device), _stats(std, images.device), dtype, channels_last)
 
 
-def _check_split(images: torch.Tensor, targets: torch.Tensor) -> None:
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-    if len(images) != len(targets):
-        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+class _SplitOnDevice:
+    """What both loaders hold: a uint8 split on its device, its labels, indices and statistics."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], indices: torch.Tensor | None, channels_last: bool, dtype: torch.dtype) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.device = images.device
+        self.num_samples = len(images)
+        self.batch_size = int(batch_size)
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self.targets = targets.to(device=self.device, dtype=torch.long)
+        self.indices = (
+            torch.arange(self.num_samples, device=self.device) if indices is None
+            else indices.to(device=self.device, dtype=torch.long)
+        )
+        self.mean = _stats(mean, self.device)
+        self.std = _stats(std, self.device)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
 
 
-class TrainLoader:
+class TrainLoader(_SplitOnDevice):
     """Shuffled, augmented batches of an in-memory uint8 split, on its device.
 
     `epoch(e)` yields `(images, targets, indices)` and is a pure function of
@@ -168,27 +187,13 @@ class TrainLoader:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        _check_split(images, targets)
-        self.device = images.device
-        self.num_samples = len(images)
+        super().__init__(images, targets, batch_size=batch_size, mean=mean, std=std, indices=indices,
+                         channels_last=channels_last, dtype=dtype)
         self.image_shape = tuple(images.shape[1:])
-        self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.pad = int(pad)
         self.flip = bool(flip)
-        self.channels_last = bool(channels_last)
-        self.dtype = dtype
         self.padded = F.pad(images, (self.pad,) * 4).contiguous() if self.pad else images.contiguous()
-        self.targets = targets.to(device=self.device, dtype=torch.long)
-        self.indices = (
-            torch.arange(self.num_samples, device=self.device) if indices is None
-            else indices.to(device=self.device, dtype=torch.long)
-        )
-        self.mean = _stats(mean, self.device)
-        self.std = _stats(std, self.device)
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
 
     def generator(self, epoch: int) -> torch.Generator:
         """The generator that draws epoch `epoch`'s randomness (seeded from seed and epoch)."""
@@ -219,7 +224,7 @@ class TrainLoader:
             yield images, self.targets[rows], self.indices[rows]
 
 
-class EvalLoader:
+class EvalLoader(_SplitOnDevice):
     """Fixed-order, un-augmented batches of an in-memory uint8 split (Normalize only).
 
     Iterating yields `(images, targets, indices)` batches of `batch_size`.
@@ -237,23 +242,9 @@ class EvalLoader:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        _check_split(images, targets)
-        self.device = images.device
+        super().__init__(images, targets, batch_size=batch_size, mean=mean, std=std, indices=indices,
+                         channels_last=channels_last, dtype=dtype)
         self.images = images.contiguous()
-        self.targets = targets.to(device=self.device, dtype=torch.long)
-        self.num_samples = len(images)
-        self.batch_size = int(batch_size)
-        self.channels_last = bool(channels_last)
-        self.dtype = dtype
-        self.indices = (
-            torch.arange(self.num_samples, device=self.device) if indices is None
-            else indices.to(device=self.device, dtype=torch.long)
-        )
-        self.mean = _stats(mean, self.device)
-        self.std = _stats(std, self.device)
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         for start in range(0, self.num_samples, self.batch_size):
