@@ -66,7 +66,24 @@ def _to_device(batch: Any, device: torch.device, dtype: torch.dtype, channels_la
     return images, targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
 
 
-class FolderTrainLoader:
+class _Folder:
+    """What both folder loaders hold: the files, the batch size, the device and the output format."""
+
+    def __init__(self, dataset: IndexedFiles, *, batch_size: int, device: torch.device, workers: int,
+                 channels_last: bool, dtype: torch.dtype) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = device
+        self.workers = workers
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self.num_samples = len(dataset)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+
+class FolderTrainLoader(_Folder):
     """Shuffled, augmented batches from image files; `epoch(e)` is seeded by `(seed, e)`.
 
     Under DDP its DistributedSampler gives each process its own share of the data.
@@ -76,14 +93,9 @@ class FolderTrainLoader:
 
     def __init__(self, dataset: IndexedFiles, *, batch_size: int, seed: int, device: torch.device,
                  workers: int, channels_last: bool, dtype: torch.dtype) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
+        super().__init__(dataset, batch_size=batch_size, device=device, workers=workers,
+                         channels_last=channels_last, dtype=dtype)
         self.seed = seed
-        self.device = device
-        self.workers = workers
-        self.channels_last = channels_last
-        self.dtype = dtype
-        self.num_samples = len(dataset)
 
     def _sampler(self) -> torch.utils.data.Sampler | None:
         import torch.distributed as dist
@@ -114,21 +126,8 @@ class FolderTrainLoader:
             yield _to_device(batch, self.device, self.dtype, self.channels_last)
 
 
-class FolderEvalLoader:
+class FolderEvalLoader(_Folder):
     """Fixed-order, centre-cropped batches from image files."""
-
-    def __init__(self, dataset: IndexedFiles, *, batch_size: int, device: torch.device, workers: int,
-                 channels_last: bool, dtype: torch.dtype) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.device = device
-        self.workers = workers
-        self.channels_last = channels_last
-        self.dtype = dtype
-        self.num_samples = len(dataset)
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         loader = torch.utils.data.DataLoader(
