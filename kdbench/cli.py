@@ -175,9 +175,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         return runner.cli_status(args)
     if args.command == "report":
-        from kdbench import report
+        from kdbench.report import cli as report_cli
 
-        return report.cli_report(args)
+        return report_cli.cli_report(args)
     if args.command == "list":
         from kdbench import listing
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from _report_fake import write_run
-from kdbench import report, results
+from kdbench import results
+from kdbench.report import build, cli as report_cli, layout, published, render
 from kdbench.cli import main
 
 # Pair A = tA->sA (teacher 80), pair B = tB->sB (teacher 75). Seeds 0, 1, 2.
@@ -282,10 +283,10 @@ def test_reproduction_gap_matches_method_and_standardize(tmp_path):
 
 
 def test_published_results_are_complete_and_cited():
-    pub = report.load_published()
+    pub = published.load_published()
     assert list(pub.columns) == ["dataset", "teacher", "student", "method", "top1", "source"]
     assert pub["source"].str.len().gt(10).all()
-    assert set(pub["method"]) <= set(report.PUBLISHED_METHODS) | {"teacher"}
+    assert set(pub["method"]) <= set(published.PUBLISHED_METHODS) | {"teacher"}
     assert pub["top1"].between(60, 81).all()
     assert (pub.loc[pub["method"] == "rld", "source"].str.contains(r"\[3rd-party\]")).all()
     assert not pub.duplicated(["dataset", "teacher", "student", "method"]).any()
@@ -296,10 +297,11 @@ def test_published_results_are_complete_and_cited():
 
 
 def test_latex_escaping():
-    table = report.Table(name="x", title="a_b 50% & c", header=["Method", "t_1→s_1"],
-                         rows=[[report.Cell(text="kd_ls"), report.Cell(value=1.234, std=0.5, mark="↑", bold=True)]],
-                         data=pd.DataFrame(), notes=["`kd_ls` is **bold** α"])
-    tex = report.to_latex(table)
+    grid = layout.Grid(header=["Method", "t_1→s_1"],
+                       rows=[[layout.Cell(text="kd_ls"), layout.Cell(value=1.234, std=0.5, mark="↑", bold=True)]])
+    view = layout.View(name="x", title="a_b 50% & c", frame=pd.DataFrame(), notes=["`kd_ls` is **bold** α"],
+                       grid=lambda frame: grid)
+    tex = render.to_latex(view)
     assert r"a\_b 50\% \& c" in tex and r"kd\_ls" in tex
     assert r"\textbf{1.23 $\pm$ 0.50} $\uparrow$" in tex
     assert r"\texttt{kd\_ls} is \textbf{bold} $\alpha$" in tex
@@ -352,10 +354,10 @@ def test_every_grid_is_reported_by_default(tmp_path, capsys):
 def test_frames_api_without_cli(tmp_path):
     build_grid(tmp_path / "results")
     runs = results.load(tmp_path / "results")
-    rep = report.build_report(runs, results.load_metrics(tmp_path / "results"), grid="g")
-    assert [t.name for t in rep.tables] == ["main", "gain", "teacher_wrong_right", "cost", "not_done"]
+    rep = build.build_report(runs, results.load_metrics(tmp_path / "results"), grid="g")
+    assert [v.name for v in rep.views] == ["main", "gain", "teacher_wrong_right", "cost", "not_done"]
     assert rep.prepared.variants == ["vanilla", "kd", "dkd", "noisy"]
-    assert "±" in report.to_markdown(rep.tables[0])
+    assert "±" in render.to_markdown(rep.views[0])
 
 
 def test_grid_order_reads_a_real_grid_file_with_sweeps(tmp_path):
@@ -364,6 +366,6 @@ def test_grid_order_reads_a_real_grid_file_with_sweeps(tmp_path):
         "name: g\ndataset: cifar100\npairs:\n  - {teacher: wrn_40_2, student: wrn_16_2}\n"
         "  - {teacher: resnet32x4, student: resnet8x4}\n"
         "methods:\n  vanilla: {}\n  rld: {beta: [2, 8]}\n  kd: {temperature: 4}\n")
-    variants, pairs = report._grid_order(tmp_path, "g")
+    variants, pairs = report_cli.grid_order(tmp_path, "g")
     assert variants == ["vanilla", "rld(beta=2)", "rld(beta=8)", "kd"]
     assert pairs == ["wrn_40_2->wrn_16_2", "resnet32x4->resnet8x4"]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from kdbench import stats
+from kdbench.report import stats
 
 # Two-sided p-values computed offline with scipy 1.17.1: 2 * scipy.stats.t.sf(|t|, df).
 SCIPY_TWO_SIDED = [

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:
-    from kdbench.report import Report
+from kdbench.report.layout import View
+from kdbench.report.prepare import TEACHER_ROW, VANILLA, Prepared
+from kdbench.report.views import AVERAGE, GAIN, MAIN
 
 __all__ = ["bar_chart", "curves_plot", "gain_heatmap", "plot_report", "slug"]
 
@@ -199,18 +200,16 @@ def gain_heatmap(gains: pd.DataFrame, variants: Sequence[str], columns: Sequence
     return _save(fig, base)
 
 
-def plot_report(report: "Report", out: Path) -> list[Path]:
-    """Every figure of a report under `out`: bars and curves per pair, and the gain heatmap."""
-    from kdbench.report import METRICS, TEACHER_ROW, VANILLA
+def plot_report(prep: Prepared, views: Mapping[str, View], metrics: pd.DataFrame | None, out: Path) -> list[Path]:
+    """Every figure of a report under `out`: bars and curves per pair, and the gain heatmap.
 
-    prep = report.prepared
-    tables = {t.name: t for t in report.tables}
+    `views` maps view names to the report's views; the figures draw their frames.
+    """
     suffix = "" if prep.metric == "last" else f"_{prep.metric}"
     styles = {v: i for i, v in enumerate(prep.variants)}
-    info = METRICS[prep.metric]
     written: list[Path] = []
 
-    main = tables["main"].data
+    main = views[MAIN].frame
     for column in prep.columns:
         col = main[(main["column"] == column) & main["mean"].notna()]
         cells = col[col["variant"] != TEACHER_ROW]
@@ -219,14 +218,13 @@ def plot_report(report: "Report", out: Path) -> list[Path]:
         teacher = col.loc[col["variant"] == TEACHER_ROW, "mean"]
         vanilla = cells.loc[cells["variant"] == VANILLA, "mean"]
         written += bar_chart(
-            cells, prep.variants, column, f"test top-1 (%), {info.short}", out / f"bars{suffix}_{slug(column)}",
+            cells, prep.variants, column, f"test top-1 (%), {prep.info.short}", out / f"bars{suffix}_{slug(column)}",
             teacher=float(teacher.iloc[0]) if len(teacher) else None,
             vanilla=float(vanilla.iloc[0]) if len(vanilla) else None, styles=styles,
             mark_note=f"↑ / ↓: significantly better / worse than {prep.baseline} "
                       f"(paired t-test over seeds, α = {prep.alpha:g}); error bars: std over seeds",
         )
 
-    metrics = report.metrics
     if metrics is not None and not metrics.empty and "test_top1" in metrics.columns:
         joined = metrics[["run_id", "epoch", "test_top1"]].merge(
             prep.runs[["run_id", "variant", "column", "seed"]], on="run_id")
@@ -237,12 +235,12 @@ def plot_report(report: "Report", out: Path) -> list[Path]:
                 written += curves_plot(sel, prep.variants, f"{column}: test top-1 over training",
                                        out / f"curves_{slug(column)}", styles=styles)
 
-    if "gain" in tables and not tables["gain"].data.empty:
-        gains = tables["gain"].data
-        gains = gains[gains["column"] != "Average"]
+    if GAIN in views and not views[GAIN].frame.empty:
+        gains = views[GAIN].frame
+        gains = gains[gains["column"] != AVERAGE]
         if gains["mean_diff"].notna().any():
             others = [v for v in prep.variants if v != prep.baseline]
             written += gain_heatmap(gains, others, prep.columns,
-                                    f"Gain over {prep.baseline} (points, {info.short})",
+                                    f"Gain over {prep.baseline} (points, {prep.info.short})",
                                     f"gain over {prep.baseline} (points)", out / f"gain_heatmap{suffix}")
     return written

@@ -1,0 +1,75 @@
+"""One grid's report: every view in reading order, and the files written from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from kdbench import atomic
+from kdbench.errors import KdbenchError
+from kdbench.report import plots, published, run_views, views
+from kdbench.report.layout import View
+from kdbench.report.prepare import DEFAULT_BASELINE, Prepared, prepare
+from kdbench.report.render import to_csv, to_latex, to_markdown
+
+__all__ = ["Report", "build_report", "write_report"]
+
+
+@dataclass
+class Report:
+    """Every view of one grid's report, plus the per-epoch metrics the curves need."""
+
+    grid: str
+    prepared: Prepared
+    views: list[View]
+    metrics: pd.DataFrame
+
+    def view(self, name: str) -> View | None:
+        """The view called `name`, if the report has it."""
+        return next((v for v in self.views if v.name == name), None)
+
+
+def build_report(runs: pd.DataFrame, metrics: pd.DataFrame | None = None, *, grid: str = "", metric: str = "last",
+                 baseline: str = DEFAULT_BASELINE, alpha: float = 0.05, variant_order: Sequence[str] | None = None,
+                 pair_order: Sequence[str] | None = None, published_results: pd.DataFrame | None = None) -> Report:
+    """All views for one grid's runs (a `results.load()` frame), in reading order."""
+    prep = prepare(runs, metric=metric, baseline=baseline, alpha=alpha, variant_order=variant_order,
+                   pair_order=pair_order)
+    if prep.runs.empty:
+        raise KdbenchError(f"grid {grid or '?'}: no run is done yet ({len(prep.not_done)} running or failed); "
+                           "run `kdbench status` to see them")
+    built = [views.main_view(prep), views.gain_view(prep), published.reproduction_view(prep, published_results),
+             run_views.teacher_split_view(prep), run_views.cost_view(prep), run_views.not_done_view(prep)]
+    built = [v for v in built if v is not None]
+    if grid:
+        for v in built:
+            v.title = f"{grid}: {v.title}"
+    return Report(grid=grid, prepared=prep, views=built,
+                  metrics=metrics if metrics is not None else pd.DataFrame(columns=["grid", "run_id", "epoch"]))
+
+
+def _suffix(metric: str) -> str:
+    return "" if metric == "last" else f"_{metric}"
+
+
+def write_report(report: Report, out: str | Path, *, with_plots: bool = True) -> list[Path]:
+    """Write every view as .md, .tex and .csv, a combined report .md, and (unless `with_plots=False`) the figures."""
+    out = Path(out)
+    written: list[Path] = []
+    metric = report.prepared.metric
+    for v in report.views:
+        stem = v.name if v.metric_free else v.name + _suffix(metric)
+        label = f"tab:kdbench-{report.grid}-{stem}".replace("_", "-") if report.grid else None
+        for ext, content in (("md", to_markdown(v)), ("tex", to_latex(v, label=label)), ("csv", to_csv(v))):
+            path = out / f"{stem}.{ext}"
+            atomic.write_text(path, content)
+            written.append(path)
+    combined = out / f"report{_suffix(metric)}.md"
+    atomic.write_text(combined, f"# kdbench report: {report.grid}\n\n" + "\n\n".join(to_markdown(v) for v in report.views))
+    written.append(combined)
+    if with_plots:
+        written += plots.plot_report(report.prepared, {v.name: v for v in report.views}, report.metrics, out / "plots")
+    return written
