@@ -1,4 +1,4 @@
-"""The `kdbench` command line: run, report, status, list, bench, teachers.
+"""The `kdbench` command line: run, status, verify, report, list, bench, teachers.
 
 Every subcommand has `--help`. Errors a user can fix print as one line, exit code 2.
 """
@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
     _add_methods_dir(status)
 
+    verify = sub.add_parser(
+        "verify", help="check every run folder's record; say what `kdbench run` will do about each problem",
+        description="Check every run folder of a grid: the records parse, the summary agrees with the metrics "
+        "and the checkpoint, the config matches the run id, and the teacher's SHA-256 matches the recorded one. "
+        "One line per problem, with what `kdbench run` will do about it; exit code 1 if there is any.",
+    )
+    verify.add_argument("grid", nargs="?", help="grid YAML file or grid name (default: every grid in the results folder)")
+    verify.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
+    _add_data_dir(verify)
+    _add_methods_dir(verify)
+
     report = sub.add_parser(
         "report", help="comparison tables (Markdown, LaTeX, CSV) and plots",
         description="Aggregate run summaries into comparison tables and plots. The headline number is "
@@ -90,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", default="kd", metavar="VARIANT", help="method variant for significance marks and gains (default: kd)")
     report.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test (default: 0.05)")
     report.add_argument("--no-plots", action="store_true", help="write the tables only")
+    _add_methods_dir(report)
 
     listing = sub.add_parser("list", help="list methods, models or datasets",
                              description="List the registered methods, models or datasets.")
@@ -166,14 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
-    if args.command == "run":
-        from kdbench import runner
+    if args.command in ("run", "status", "verify"):
+        from kdbench import commands
 
-        return runner.cli_run(args)
-    if args.command == "status":
-        from kdbench import runner
-
-        return runner.cli_status(args)
+        return {"run": commands.cli_run, "status": commands.cli_status, "verify": commands.cli_verify}[args.command](args)
     if args.command == "report":
         from kdbench.report import cli as report_cli
 

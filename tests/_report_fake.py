@@ -8,6 +8,7 @@ Run as a script to render a realistic report: `python tests/_report_fake.py OUT_
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -25,6 +26,9 @@ HPARAMS = {
 }
 
 
+_STARTED = itertools.count()
+
+
 def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, final_top1: float | None,
               teacher_top1: float | None = 79.42, status: str = "done", epochs: int = 3,
               curve: list[float] | None = None, **fields: Any) -> Path:
@@ -32,6 +36,7 @@ def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, fina
 
     `curve` gives test_top1 per epoch for metrics.jsonl (default: rising to `final_top1`).
     `fields` override any summary field (best_top1, wall_seconds, device, failure, …).
+    Runs start one second apart in the order they are written (the report's first-seen order).
     """
     teacher, student = pair.split("->")
     method, hparams = HPARAMS.get(variant, (variant, {}))
@@ -55,8 +60,8 @@ def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, fina
         "final_top1_teacher_wrong": None if final_top1 is None else final_top1 - 50,
         "final_top1_teacher_right": None if final_top1 is None else final_top1 + 10,
         "wall_seconds": 3600.0, "cohort_size": 4, "device": "cuda:0",
-        "environment": {"kdbench": "0.1", "torch": "2.4"}, "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": "2025-01-01T01:00:00Z",
+        "environment": {"kdbench": "0.1", "torch": "2.4"}, "started_at": _timestamp(next(_STARTED)),
+        "finished_at": "2025-01-02T00:00:00Z",
     }
     summary.update(fields)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -64,6 +69,10 @@ def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, fina
             for e, v in enumerate(curve[:epochs_done])]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
+
+
+def _timestamp(seconds: int) -> str:
+    return f"2025-01-01T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}Z"
 
 
 REALISTIC_PAIRS = {

@@ -1,14 +1,16 @@
 """`kdbench report`: numbers, marks, formats and plots on hand-built grids."""
 
 import math
+import os
 import shutil
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
 from _report_fake import write_run
-from kdbench import results
+from kdbench import methods, results
 from kdbench.report import build, cli as report_cli, layout, published, render
 from kdbench.cli import main
 
@@ -188,8 +190,8 @@ def test_metric_best_is_labelled_and_uses_best_top1(tmp_path):
 def test_metric_val_needs_a_validation_split(tmp_path, capsys):
     build_grid(tmp_path / "results")
     assert run_report(tmp_path, "--metric", "val") == 2
-    err = capsys.readouterr().err
-    assert "--metric val: no done run has a validation split" in err and len(err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("kdbench: error: --metric val: no done run has a validation split")
 
 
 def test_metric_val_uses_val_selected_top1(tmp_path):
@@ -214,7 +216,7 @@ def test_no_results_is_one_line_exit_2(tmp_path, capsys):
 def test_unknown_explicit_baseline_is_an_error(tmp_path, capsys):
     build_grid(tmp_path / "results")
     assert run_report(tmp_path, "--baseline", "nope") == 2
-    assert "variants: vanilla, dkd, kd, noisy" in capsys.readouterr().err
+    assert "variants: vanilla, kd, dkd, noisy" in capsys.readouterr().err
 
 
 def test_other_baseline_and_alpha(tmp_path):
@@ -237,16 +239,93 @@ def test_teacherless_vanilla_fills_every_pair_with_its_student(tmp_path):
     assert rows["vanilla"][:2] == ["60.50 ± 0.71 ↓", "60.50 ± 0.71 ↓"]
 
 
-def test_grid_yaml_gives_the_row_and_column_order(tmp_path):
-    build_grid(tmp_path / "results")
-    # Not a valid grid for kdbench.config (unknown models), so the raw keys give the order.
-    (tmp_path / "results" / "g" / "grid.yaml").write_text(
-        "name: g\ndataset: cifar100\npairs:\n  - {teacher: {arch: tB}, student: sB}\n  - {teacher: tA, student: sA}\n"
-        "methods:\n  noisy: {method: kd}\n  kd: {}\n  dkd: {}\n")
+REAL_GRID = """name: g
+dataset: cifar100
+pairs:
+  - {teacher: wrn_40_2, student: wrn_16_2}
+  - {teacher: {arch: resnet32x4}, student: resnet8x4}
+methods:
+  dkd: {}
+  noisy: {method: kd, temperature: 2.0}
+  kd: {}
+  vanilla: {}
+"""
+
+
+def build_real_grid(root, grid_text=REAL_GRID):
+    """Runs written in an order unlike the grid file's: resnet32x4 first, vanilla first."""
+    for pair in ("resnet32x4->resnet8x4", "wrn_40_2->wrn_16_2"):
+        for variant in ("vanilla", "kd", "noisy", "dkd"):
+            for seed in range(2):
+                write_run(root, "g", variant=variant, pair=pair, seed=seed, final_top1=70.0 + seed)
+    if grid_text is not None:
+        (root / "g" / "grid.yaml").write_text(grid_text)
+
+
+def test_grid_yaml_gives_the_row_and_column_order(tmp_path, capsys):
+    build_real_grid(tmp_path / "results")
     assert run_report(tmp_path) == 0
     text = (tmp_path / "out" / "main.md").read_text()
-    assert list(md_rows(text)) == ["Teacher", "vanilla", "noisy", "kd (baseline)", "dkd"]
-    assert "| Method | tB→sB | tA→sA | Average |" in text
+    assert list(md_rows(text)) == ["Teacher", "dkd", "noisy", "kd (baseline)", "vanilla"]
+    assert "| Method | wrn_40_2→wrn_16_2 | resnet32x4→resnet8x4 | Average |" in text
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grid_text, why", [
+    (None, "g/grid.yaml: no copy of the grid file"),
+    ("name: g\ndataset: cifar100\npairs: []\nmethods: {kd: {}}\n", "g/grid.yaml: pairs: expected"),
+])
+def test_missing_or_broken_grid_copy_gives_first_seen_order_and_one_warning(tmp_path, capsys, grid_text, why):
+    build_real_grid(tmp_path / "results", grid_text)
+    assert run_report(tmp_path) == 0
+    text = (tmp_path / "out" / "main.md").read_text()
+    assert list(md_rows(text)) == ["Teacher", "vanilla", "kd (baseline)", "noisy", "dkd"]
+    assert "| Method | resnet32x4→resnet8x4 | wrn_40_2→wrn_16_2 | Average |" in text
+    err = capsys.readouterr().err
+    assert err.startswith("kdbench: warning: ") and why in err and "rows and columns in first-seen order" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+PLUGIN = """from torch import nn
+import torch.nn.functional as F
+from kdbench.methods import register
+
+
+@register("my_plugin_kd")
+class MyPluginKD(nn.Module):
+    \"\"\"A plug-in method for the report's grid-order test.\"\"\"
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, student_logits, teacher_logits, targets, *, epoch):
+        return {"ce": self.weight * F.cross_entropy(student_logits, targets)}
+"""
+
+
+def test_grid_with_a_plugin_method_needs_methods_dir_or_the_env_path(tmp_path):
+    root = tmp_path / "results"
+    build_real_grid(root, REAL_GRID.replace("noisy: {method: kd, temperature: 2.0}", "noisy: {method: my_plugin_kd}"))
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "my_plugin.py").write_text(PLUGIN)
+
+    def report(*extra, env=None):
+        args = [sys.executable, "-m", "kdbench", "report", "--results-dir", str(root), "--out", str(tmp_path / "out"),
+                "--no-plots", *extra]
+        env = {**os.environ, **(env or {})}
+        env.pop(methods.ENV_PATH, None) if env.get(methods.ENV_PATH) is None else None
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr, list(md_rows((tmp_path / "out" / "main.md").read_text()))
+
+    err, rows = report()
+    assert "unknown method 'my_plugin_kd'" in err and "--methods-dir" in err and rows[1] == "vanilla"
+    assert len(err.strip().splitlines()) == 1
+    for extra, env in ((("--methods-dir", str(plugins)), None), ((), {methods.ENV_PATH: str(plugins)})):
+        err, rows = report(*extra, env=env)
+        assert "warning" not in err and rows == ["Teacher", "dkd", "noisy", "kd (baseline)", "vanilla"]
 
 
 def test_incomplete_average_is_marked(tmp_path):
@@ -366,6 +445,7 @@ def test_grid_order_reads_a_real_grid_file_with_sweeps(tmp_path):
         "name: g\ndataset: cifar100\npairs:\n  - {teacher: wrn_40_2, student: wrn_16_2}\n"
         "  - {teacher: resnet32x4, student: resnet8x4}\n"
         "methods:\n  vanilla: {}\n  rld: {beta: [2, 8]}\n  kd: {temperature: 4}\n")
-    variants, pairs = report_cli.grid_order(tmp_path, "g")
+    variants, pairs, warning = report_cli.grid_order(tmp_path, "g")
     assert variants == ["vanilla", "rld(beta=2)", "rld(beta=8)", "kd"]
     assert pairs == ["wrn_40_2->wrn_16_2", "resnet32x4->resnet8x4"]
+    assert warning is None

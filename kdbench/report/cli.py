@@ -3,54 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import yaml
-
-from kdbench import results
+from kdbench import config, results
 from kdbench.errors import KdbenchError
 from kdbench.report.build import build_report, write_report
 from kdbench.report.prepare import DEFAULT_BASELINE
 from kdbench.report.render import to_markdown
 
-__all__ = ["cli_report", "grid_order"]
+__all__ = ["GRID_COPY", "cli_report", "grid_order"]
+
+GRID_COPY = "grid.yaml"  # the runner keeps a copy of the grid file here, beside runs/
+_FALLBACK = "rows and columns in first-seen order"
 
 
-def grid_order(results_dir: Path, grid: str) -> tuple[list[str] | None, list[str] | None]:
-    """Variant and pair order (`"t->s"`) from a copy of the grid file at `<results>/<grid>/grid.yaml`.
+def grid_order(results_dir: Path, grid: str) -> tuple[list[str] | None, list[str] | None, str | None]:
+    """Variant labels and pairs (`"t->s"`) in the order of the grid file kept at `<results>/<grid>/grid.yaml`.
 
-    The file is read with `kdbench.config` (sweeps expanded, file order); if that refuses
-    it (e.g. written by an older kdbench), its `methods:` keys and `pairs:` entries are
-    read as written. No file, or nothing usable: `(None, None)`, and the report falls back
-    to vanilla, baseline, alphabetical.
+    The file is parsed by `kdbench.config` (sweeps expanded, file order), with the methods
+    registered so far (plug-ins from `--methods-dir` and `KDBENCH_METHODS_PATH` included).
+    Returns `(variants, pairs, None)`, or `(None, None, warning)` when the copy is missing
+    or no longer parses: the report then uses first-seen order, and says why in one line.
     """
-    path = results_dir / grid / "grid.yaml"
-    if not path.exists():
-        return None, None
+    path = Path(results_dir) / grid / GRID_COPY
+    if not path.is_file():
+        return None, None, f"{path}: no copy of the grid file; {_FALLBACK}"
     try:
-        from kdbench import config
-
         parsed = config.load_grid(path)
-        return [v.label for v in parsed.variants], [p.name for p in parsed.pairs]
-    except Exception:  # noqa: BLE001 - ordering is cosmetic: any failure falls back to the raw file
-        pass
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None, None
-    if not isinstance(spec, dict):
-        return None, None
-    methods = spec.get("methods")
-    variants = [str(k) for k in methods] if isinstance(methods, dict) else None
-    pairs = []
-    for entry in spec.get("pairs") or []:
-        if isinstance(entry, str):
-            pairs.append(entry)
-        elif isinstance(entry, dict) and "student" in entry:
-            teacher = entry.get("teacher")
-            teacher = teacher.get("arch") if isinstance(teacher, dict) else teacher
-            pairs.append(f"{teacher or ''}->{entry['student']}")
-    return variants or None, pairs or None
+    except KdbenchError as exc:
+        hint = " (are its plug-in methods on --methods-dir or KDBENCH_METHODS_PATH?)" if "unknown method" in str(exc) else ""
+        return None, None, f"{exc}; {_FALLBACK}{hint}"
+    return [v.label for v in parsed.variants], [p.name for p in parsed.pairs], None
 
 
 def cli_report(args: argparse.Namespace) -> int:
@@ -74,7 +58,9 @@ def cli_report(args: argparse.Namespace) -> int:
                 raise
             console.print(f"grid {grid}: no results yet, skipped")
             continue
-        variant_order, pair_order = grid_order(results_dir, grid)
+        variant_order, pair_order, warning = grid_order(results_dir, grid)
+        if warning:
+            print(f"kdbench: warning: {warning}", file=sys.stderr)
         rep = build_report(runs, results.load_metrics(results_dir, grid), grid=grid, metric=args.metric,
                            baseline=args.baseline, alpha=args.alpha, variant_order=variant_order, pair_order=pair_order)
         if args.baseline != DEFAULT_BASELINE and not rep.prepared.has_baseline:

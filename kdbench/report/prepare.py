@@ -7,7 +7,7 @@ Decisions worth knowing:
 - A run without a teacher (pair `"->student"`, e.g. a shared vanilla run) fills the
   vanilla cell of every pair with that student.
 - Variants and pairs are ordered as `variant_order` and `pair_order` say (the parsed grid
-  file); the others follow vanilla, the baseline, then alphabetically.
+  file); any others follow in the order their first run started.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pandas as pd
 
 from kdbench.errors import KdbenchError
 
-__all__ = ["DEFAULT_BASELINE", "METRICS", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA", "order", "pair_label",
-           "prepare", "text"]
+__all__ = ["DEFAULT_BASELINE", "METRICS", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA", "first_seen", "order",
+           "pair_label", "prepare", "text"]
 
 DEFAULT_BASELINE = "kd"
 TEACHER_ROW = "Teacher"
@@ -98,11 +98,18 @@ class Prepared:
         return METRICS[self.metric]
 
 
-def order(found: Iterable[str], preferred: Sequence[str] | None, first: Sequence[str] = ()) -> list[str]:
-    """`found` (deduplicated): `preferred` (or `first`) entries first, the rest alphabetically."""
+def order(found: Iterable[str], preferred: Sequence[str] | None) -> list[str]:
+    """`found` (deduplicated, in its own order), with the entries of `preferred` first, in that order."""
     found = list(dict.fromkeys(found))
-    head = [x for x in dict.fromkeys(preferred or first) if x in found]
-    return head + sorted((x for x in found if x not in head), key=lambda x: (x.lower(), x))
+    head = [x for x in dict.fromkeys(preferred or ()) if x in found]
+    return head + [x for x in found if x not in head]
+
+
+def first_seen(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` in the order they started (`started_at`, then `run_id`); runs without a start time last."""
+    key = pd.DataFrame({"started": runs["started_at"].map(text), "run_id": runs["run_id"].map(text)}, index=runs.index)
+    key["unknown"] = key["started"] == ""
+    return runs.loc[key.sort_values(["unknown", "started", "run_id"], kind="stable").index]
 
 
 def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT_BASELINE, alpha: float = 0.05,
@@ -116,7 +123,7 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
         raise KdbenchError(f"--metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     if not 0 < alpha < 1:
         raise KdbenchError(f"--alpha: expected a number between 0 and 1, got {alpha}")
-    frame = runs.copy()
+    frame = first_seen(runs).reset_index(drop=True)
     frame["variant"] = [text(v) or text(m) or "?" for v, m in zip(frame["variant"], frame["method"])]
     frame["teacher"] = [text(t) for t in frame["teacher"]]
     frame["student"] = [text(s) for s in frame["student"]]
@@ -154,7 +161,8 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
             copy = row.copy()
             copy["column"] = col
             expanded.append(copy.to_frame().T)
-    table_runs = pd.concat(expanded, ignore_index=True) if len(done) else done
+    # Back in start order (the index is the position in `frame`), so first-seen order holds.
+    table_runs = pd.concat(expanded).sort_index(kind="stable").reset_index(drop=True) if len(done) else done
     table_runs["value"] = pd.to_numeric(table_runs["value"])
     table_runs["teacher_top1"] = pd.to_numeric(table_runs["teacher_top1"], errors="coerce")
 
@@ -166,7 +174,6 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
             preferred_pairs += [c for c in table_runs["column"].unique()
                                 if c == pair_label(t, s) or c.endswith(": " + pair_label(t, s))]
     columns = order(table_runs["column"], preferred_pairs)
-    variants = order(table_runs["variant"], ([VANILLA] + list(variant_order)) if variant_order else None,
-                     first=(VANILLA, baseline))
+    variants = order(table_runs["variant"], variant_order)
     return Prepared(runs=table_runs, done=done, not_done=not_done, columns=columns, variants=variants,
                     metric=metric, baseline=baseline, alpha=alpha, notes=notes)
