@@ -1,4 +1,4 @@
-"""The `kdbench` command line: run, status, verify, report, list, bench, teachers.
+"""The `kdbench` command line: run, report, status, list, bench, teachers.
 
 Every subcommand has `--help`. Errors a user can fix print as one line, exit code 2.
 """
@@ -73,17 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("grid", nargs="?", help="grid YAML file or grid name (default: every grid in the results folder)")
     status.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
     _add_methods_dir(status)
-
-    verify = sub.add_parser(
-        "verify", help="check every run folder's record; say what `kdbench run` will do about each problem",
-        description="Check every run folder of a grid: the records parse, the summary agrees with the metrics "
-        "and the checkpoint, the config matches the run id, and the teacher's SHA-256 matches the recorded one. "
-        "One line per problem, with what `kdbench run` will do about it; exit code 1 if there is any.",
-    )
-    verify.add_argument("grid", nargs="?", help="grid YAML file or grid name (default: every grid in the results folder)")
-    verify.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
-    _add_data_dir(verify)
-    _add_methods_dir(verify)
 
     report = sub.add_parser(
         "report", help="comparison tables (Markdown, LaTeX, CSV) and plots",
@@ -178,10 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
-    if args.command in ("run", "status", "verify"):
-        from kdbench import commands
+    if args.command == "run":
+        from kdbench import runner
 
-        return {"run": commands.cli_run, "status": commands.cli_status, "verify": commands.cli_verify}[args.command](args)
+        return runner.cli_run(args)
+    if args.command == "status":
+        from kdbench import runner
+
+        return runner.cli_status(args)
     if args.command == "report":
         from kdbench.report import cli as report_cli
 
