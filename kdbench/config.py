@@ -54,13 +54,17 @@ expands it into runs (pair × variant × seed) and cohorts. Every key::
       kd_ls: {method: kd, standardize: true, temperature: 2, kd_weight: 9}
                                    #   labels: letters, digits, _ . + -
     options:
-      precision: fp32              # fp32 | bf16 (autocast)
+      precision: fp32              # fp32 | bf16 (autocast) | fp16 (autocast, gradient scaler)
       channels_last: false
       compile: false               # torch.compile the models
       val_size: 0                  # shorthand for the dataset's val_size; setting both to
                                    #   different values is an error
       eval_batch_size: 256        # test-time batch (256 is fastest on CPUs, fine on GPUs)
       max_cohort_size: 0           # 0: no limit; bigger cohorts split evenly
+      deterministic: false         # deterministic algorithms, cuDNN deterministic, cuBLAS
+                                   #   workspace config: can change GPU numbers, so in run ids
+      log: []                      # tracking sinks fed once per epoch: tensorboard, wandb
+                                   #   (kdbench[tensorboard], kdbench[wandb]); not in run ids
 
 Rules: unknown keys are refused with a did-you-mean suggestion. Two variants (or, after
 per-pair overrides, two variants of one pair) that resolve to the same method and
@@ -84,6 +88,7 @@ import yaml
 from kdbench.errors import KdbenchError
 from kdbench.hparams import coerce, type_name
 from kdbench.registry import did_you_mean
+from kdbench.tracking import SINK_NAMES
 
 TOP_LEVEL_KEYS = ("name", "dataset", "data", "seeds", "schedule", "teachers", "pairs", "methods", "options")
 
@@ -104,6 +109,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "val_size": 0,
     "eval_batch_size": 256,
     "max_cohort_size": 0,
+    "deterministic": False,
+    "log": (),
 }
 
 TEACHER_SOURCES = ("mdistiller", "train", "torchvision")
@@ -123,12 +130,13 @@ _SCHEDULE_TYPES: dict[str, tuple[Any, float | None, bool]] = {
     "lr_decay": (float, 0, False),
 }
 _OPTION_TYPES: dict[str, tuple[Any, float | None, bool]] = {
-    "precision": (Literal["fp32", "bf16"], None, True),
+    "precision": (Literal["fp32", "bf16", "fp16"], None, True),
     "channels_last": (bool, None, True),
     "compile": (bool, None, True),
     "val_size": (int, 0, True),
     "eval_batch_size": (int, 1, True),
     "max_cohort_size": (int, 0, True),
+    "deterministic": (bool, None, True),
 }
 
 
@@ -392,9 +400,29 @@ class _Parser:
         given = self.mapping(raw, "options", tuple(OPTION_DEFAULTS))
         options = dict(OPTION_DEFAULTS)
         for key, value in given.items():
+            if key == "log":
+                options[key] = self.sinks(value, "options.log")
+                continue
             tp, low, inclusive = _OPTION_TYPES[key]
             options[key] = self.typed(value, tp, f"options.{key}", low, inclusive)
         return options
+
+    def sinks(self, value: Any, path: str) -> tuple[str, ...]:
+        """Tracking sink names: a list (or one name) of `kdbench.tracking.SINK_NAMES`, each once."""
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list):
+            raise self.fail(path, f"expected a list of tracking sinks ({', '.join(SINK_NAMES)}), "
+                                  f"got {describe_value(value)}")
+        for i, name in enumerate(names):
+            where = path if isinstance(value, str) else f"{path}[{i}]"
+            if not isinstance(name, str) or name not in SINK_NAMES:
+                hint = (did_you_mean(name, list(SINK_NAMES)) if isinstance(name, str) else "") \
+                    or f"; known: {', '.join(SINK_NAMES)}"
+                shown = repr(name) if isinstance(name, str) else describe_value(name)
+                raise self.fail(where, f"unknown tracking sink {shown}{hint}")
+            if name in names[:i]:
+                raise self.fail(where, f"sink '{name}' is listed twice")
+        return tuple(names)
 
     def dataset(self, raw: Any, raw_options: dict, options: dict[str, Any]) -> dict[str, Any]:
         if isinstance(raw, str):

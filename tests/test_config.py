@@ -241,7 +241,7 @@ def test_seeds_must_be_distinct_ints(seeds, path, expected):
 
 
 @pytest.mark.parametrize("options, expected", [
-    ({"precision": "fp16"}, "grid.yaml: options.precision: expected 'fp32' | 'bf16', got 'fp16' (str)"),
+    ({"precision": "fp8"}, "grid.yaml: options.precision: expected 'fp32' | 'bf16' | 'fp16', got 'fp8' (str)"),
     ({"compile": "yes"}, "grid.yaml: options.compile: expected bool, got 'yes' (str)"),
     ({"max_cohort_size": -1}, "grid.yaml: options.max_cohort_size: expected int >= 0, got -1 (int)"),
 ])
