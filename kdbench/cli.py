@@ -20,6 +20,15 @@ def _add_methods_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
+        help="change one key of the grid file (repeatable; values are YAML), e.g. --set schedule.epochs=5 "
+        "--set methods.dkd.beta=2 --set options.log=[tensorboard]; results then go to GRID+set-HASH "
+        "unless --set name=NAME is given",
+    )
+
+
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir", metavar="DIR",
@@ -50,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: cuda when available, else cpu)",
     )
     run.add_argument("--dry-run", action="store_true", help="print the plan (runs, cohorts, status, time estimate) and exit")
+    _add_set(run)
     run.add_argument(
         "--executor", choices=["local", "slurm"], default="local",
         help="local: train in this process; slurm: submit workers through submitit (needs kdbench[slurm])",
@@ -72,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Show each run's state (done, running, partial, failed, new) and its numbers so far.")
     status.add_argument("grid", nargs="?", help="grid YAML file or grid name (default: every grid in the results folder)")
     status.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
+    _add_set(status)
     _add_methods_dir(status)
 
     report = sub.add_parser(

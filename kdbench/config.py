@@ -70,7 +70,8 @@ Rules: unknown keys are refused with a did-you-mean suggestion. Two variants (or
 per-pair overrides, two variants of one pair) that resolve to the same method and
 hyper-parameters are an error, and so are two pairs with the same teacher, student and
 schedule. Numbers like `5e-4` are read as floats (plain YAML 1.1 would read a string), and
-a key repeated in one mapping is an error.
+a key repeated in one mapping is an error. `kdbench run/status --set key.path=value` changes
+the file's mapping before this validation (`kdbench.overrides`).
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ import itertools
 import json
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -116,7 +117,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
 TEACHER_SOURCES = ("mdistiller", "train", "torchvision")
 TEACHER_DEFAULTS: dict[str, Any] = {"checkpoint": "mdistiller", "seed": 0}
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 # (type, lower bound, bound inclusive?) for the numeric schedule and option keys.
@@ -207,7 +208,9 @@ class Grid:
 
     `dataset` is the resolved spec (with `options.val_size` merged in); `schedule` is the
     grid-level schedule (`lr` may still be "auto"; `kdbench.plan.lr_for` resolves it per
-    student); `variants` are in file order with sweeps expanded.
+    student); `variants` are in file order with sweeps expanded. `overrides` are the
+    `--set` strings it was loaded with; `text` is the effective grid as YAML, what
+    `results/<name>/grid.yaml` keeps (None for a grid parsed from a mapping).
     """
 
     name: str
@@ -220,6 +223,8 @@ class Grid:
     pairs: list[Pair]
     variants: list[Variant]
     options: dict[str, Any]
+    overrides: tuple[str, ...] = ()
+    text: str | None = field(default=None, repr=False, compare=False)
 
     def variant(self, label: str) -> Variant:
         """The variant labelled `label`."""
@@ -233,10 +238,19 @@ class Grid:
 
 
 def load_grid(path: str | Path) -> Grid:
-    """Read and validate the grid YAML at `path`; every mistake raises a one-line `KdbenchError`."""
+    """Read and validate the grid YAML at `path`; every mistake raises a one-line `KdbenchError`.
+
+    `kdbench.overrides.load_grid(path, overrides)` does the same with `--set` overrides.
+    """
+    text = read_text(path)
+    return replace(parse_grid(parse_yaml(text, str(path)), str(path)), text=text)
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of the grid file at `path`; a missing or unreadable file is a one-line `KdbenchError`."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise KdbenchError(f"{source}: no such file") from None
     except IsADirectoryError:
@@ -245,12 +259,15 @@ def load_grid(path: str | Path) -> Grid:
         raise KdbenchError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise KdbenchError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    return parse_grid(_parse_yaml(text, source), source)
 
 
-def parse_grid(obj: Any, source: str = "<grid>") -> Grid:
-    """Validate an already-parsed grid (a dict as `yaml.safe_load` returns it); `source` prefixes errors."""
-    return _Parser(source).grid(obj)
+def parse_grid(obj: Any, source: str = "<grid>", source_of: Callable[[str], str] | None = None) -> Grid:
+    """Validate an already-parsed grid (a dict as `yaml.safe_load` returns it); `source` prefixes errors.
+
+    `source_of(key_path)`, when given, names the source of an error at `key_path` instead
+    (`--set` overrides use it to blame the override that set the key).
+    """
+    return _Parser(source, source_of).grid(obj)
 
 
 # -- YAML -----------------------------------------------------------------------------------
@@ -277,15 +294,26 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes strings `_Loader` would read as floats, so a dump reads back equal."""
+
+
 # YAML 1.1 wants a dot in a float ("5.0e-4"); people write "5e-4" and mean a number.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def dump_yaml(obj: Any) -> str:
+    """`obj` as block YAML (short lists and mappings inline) that `parse_yaml` reads back equal."""
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text read with the grid rules (`5e-4` a float, no repeated keys); errors are one line."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -329,11 +357,13 @@ def _bound_text(tp: Any, low: float | None, inclusive: bool) -> str:
 class _Parser:
     """Validation with the file name and the key path in every message."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, source_of: Callable[[str], str] | None = None) -> None:
         self.source = source
+        self.source_of = source_of
 
     def fail(self, path: str, message: str) -> KdbenchError:
-        where = f"{self.source}: {path}: " if path else f"{self.source}: "
+        source = self.source_of(path) if self.source_of else self.source
+        where = f"{source}: {path}: " if path else f"{source}: "
         return KdbenchError(_one_line(where + message))
 
     def wrap(self, path: str, exc: KdbenchError) -> KdbenchError:
@@ -379,7 +409,7 @@ class _Parser:
 
         name = top["name"]
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise self.fail("name", f"expected a name of letters, digits, _ . -, got {describe_value(name)}")
+            raise self.fail("name", f"expected a name of letters, digits, _ . + -, got {describe_value(name)}")
 
         options = self.options(top.get("options"))
         dataset = self.dataset(top["dataset"], top.get("options") or {}, options)
