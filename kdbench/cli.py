@@ -22,7 +22,7 @@ def _add_methods_dir(p: argparse.ArgumentParser) -> None:
 
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
         help="change one key of the grid file (repeatable; values are YAML), e.g. --set schedule.epochs=5 "
         "--set methods.dkd.beta=2 --set options.log=[tensorboard]; results then go to GRID+set-HASH "
         "unless --set name=NAME is given",

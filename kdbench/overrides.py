@@ -118,6 +118,13 @@ def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> Grid:
     return dataclasses.replace(grid, name=name, overrides=tuple(overrides), text=header + config.dump_yaml(applied))
 
 
+def effective_grid_text(path: str | Path, overrides: Sequence[str] = ()) -> str:
+    """The effective grid's YAML, to keep as `results/<name>/grid.yaml`: `load_grid(path, overrides).text`."""
+    text = load_grid(path, overrides).text
+    assert text is not None  # loaded from a file
+    return text
+
+
 def _validate(raw: dict, applied: dict, source: str, parsed: Sequence[Override], paths: Sequence[str]) -> Grid:
     try:
         return config.parse_grid(applied, source, source_of=_blame(source, parsed, paths))

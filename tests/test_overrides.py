@@ -228,6 +228,9 @@ def test_effective_grid_yaml_reads_back_to_the_same_grid(grid_file, tmp_path):
 
 def test_plain_load_keeps_the_file_text(grid_file):
     assert config.load_grid(grid_file).text == GRID
+    assert overrides.effective_grid_text(grid_file) == GRID
+    sets = ["schedule.epochs=1"]
+    assert overrides.effective_grid_text(grid_file, sets) == load_grid(grid_file, sets).text
 
 
 def test_dumped_strings_that_look_like_floats_stay_strings():
@@ -248,5 +251,5 @@ def test_override_name_hashes_paths_and_values():
 @pytest.mark.parametrize("command", [["run", "g.yaml", "--dry-run"], ["status", "g.yaml"]])
 def test_cli_set_is_repeatable_plain_strings(command):
     args = build_parser().parse_args(command + ["--set", "schedule.epochs=5", "--set", "options.log=[tensorboard]"])
-    assert args.overrides == ["schedule.epochs=5", "options.log=[tensorboard]"]
-    assert build_parser().parse_args(command).overrides == []
+    assert args.set == ["schedule.epochs=5", "options.log=[tensorboard]"]
+    assert build_parser().parse_args(command).set == []
