@@ -29,15 +29,55 @@ def _batch(classes: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return student, teacher, targets
 
 
+def _inputs(views: tuple[str, ...] | None, classes: int, batch: int, seed: int) -> tuple[dict, dict, torch.Tensor]:
+    """Student and teacher logits per view (one entry, key None, for the standard view) and targets."""
+    students, teachers, targets = {}, {}, None
+    for i, view in enumerate(views or (None,)):
+        students[view], teachers[view], view_targets = _batch(classes, batch, seed + 7919 * i)
+        targets = view_targets if targets is None else targets  # every view shows the same images
+    return students, teachers, targets
+
+
+def _call(method: torch.nn.Module, students: dict, teachers: dict, targets: torch.Tensor, epoch: int) -> dict:
+    if list(students) == [None]:
+        return method(students[None], teachers[None], targets, epoch=epoch)
+    return method(students, teachers, targets, epoch=epoch)
+
+
+def _check_declarations(name: str, cls: type) -> None:
+    views = getattr(cls, "views", None)
+    if views is not None:
+        assert isinstance(views, tuple) and views and all(isinstance(v, str) for v in views), (
+            f"method '{name}': `views` must be a non-empty tuple of view names, got {views!r}"
+        )
+        assert len(set(views)) == len(views), f"method '{name}': `views` repeats a view: {views!r}"
+
+
+def _check_epoch_scalars(name: str, method: torch.nn.Module) -> None:
+    if not hasattr(method, "epoch_scalars"):
+        return
+    values = method.epoch_scalars()
+    assert isinstance(values, dict), f"method '{name}': epoch_scalars() must return a dict, got {type(values).__name__}"
+    for key, value in values.items():
+        assert isinstance(key, str), f"method '{name}': epoch_scalars() keys must be strings, got {key!r}"
+        scalar = isinstance(value, (int, float)) and not isinstance(value, bool)
+        scalar = scalar or (isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad)
+        assert scalar, f"method '{name}': epoch_scalars()['{key}'] must be a number or a detached 0-d tensor, got {value!r}"
+        assert torch.isfinite(torch.as_tensor(value)), f"method '{name}': epoch_scalars()['{key}'] is not finite: {value}"
+
+
 def check(name: str) -> None:
     """Assert that method `name` meets the loss contract (see docs/design.md)."""
+    cls = methods.method_class(name)
+    _check_declarations(name, cls)
+    views = methods.views_of(cls)
     for classes, batch, epoch in [(10, 16, 1), (100, 8, 100), (1000, 4, 7), (10, 1, 3)]:
-        student, teacher, targets = _batch(classes, batch, seed=classes + batch)
+        students, teachers, targets = _inputs(views, classes, batch, seed=classes + batch)
         method = methods.build(name)
-        s = student.clone().requires_grad_(True)
-        t = teacher.clone().requires_grad_(True)
+        s = {v: x.clone().requires_grad_(True) for v, x in students.items()}
+        t = {v: x.clone().requires_grad_(True) for v, x in teachers.items()}
         y = targets.clone()
-        terms = method(s, t, y, epoch=epoch)
+        terms = _call(method, s, t, y, epoch)
         where = f"method '{name}' ({classes} classes, batch {batch}, epoch {epoch})"
 
         assert isinstance(terms, dict) and terms, f"{where}: must return a non-empty dict of terms"
@@ -49,13 +89,24 @@ def check(name: str) -> None:
         assert loss.requires_grad, f"{where}: the summed terms carry no gradient to the student"
         loss.backward()
 
-        assert s.grad is not None and torch.isfinite(s.grad).all(), f"{where}: non-finite gradient w.r.t. the student"
-        assert t.grad is None or not t.grad.any(), f"{where}: the loss sends gradient to the teacher"
-        assert torch.equal(s.detach(), student) and torch.equal(t.detach(), teacher) and torch.equal(y, targets), (
-            f"{where}: the loss modified its inputs in place"
-        )
+        for view in s:
+            in_view = f"{where}, view {view!r}" if view is not None else where
+            assert s[view].grad is not None and torch.isfinite(s[view].grad).all(), (
+                f"{in_view}: non-finite gradient w.r.t. the student"
+            )
+            assert t[view].grad is None or not t[view].grad.any(), f"{in_view}: the loss sends gradient to the teacher"
+            assert torch.equal(s[view].detach(), students[view]) and torch.equal(t[view].detach(), teachers[view]), (
+                f"{in_view}: the loss modified its inputs in place"
+            )
+        assert torch.equal(y, targets), f"{where}: the loss modified the targets in place"
+        for pname, param in method.named_parameters():
+            assert param.grad is None or torch.isfinite(param.grad).all(), (
+                f"{where}: non-finite gradient w.r.t. the method's parameter '{pname}'"
+            )
+        _check_epoch_scalars(name, method)
 
-        again = methods.build(name)(student.clone(), teacher.clone(), targets.clone(), epoch=epoch)
+        again = _call(methods.build(name), {v: x.clone() for v, x in students.items()},
+                      {v: x.clone() for v, x in teachers.items()}, targets.clone(), epoch)
         assert again.keys() == terms.keys(), f"{where}: the term names change between calls"
         for key in terms:
             assert torch.equal(again[key], terms[key].detach()), f"{where}: term '{key}' is not deterministic"

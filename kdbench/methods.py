@@ -6,9 +6,14 @@ defaulted), and its forward is::
     forward(student_logits, teacher_logits, targets, *, epoch: int) -> dict[str, Tensor]
 
 returning named, already-weighted scalar terms whose sum is the training loss. `epoch` is
-1-based and drives warm-up. Methods are found in the repository's `methods/` folder, in
-every folder of `KDBENCH_METHODS_PATH` (os.pathsep-separated) or `--methods-dir`, and in
-the `kdbench.methods` entry-point group.
+1-based and drives warm-up. Optional class attributes: `views` (the augmented views the
+method needs; its logits then arrive as dicts keyed by view), `needs_teacher`, and `paper`
+and `code` (where the method comes from, for listings); an optional method
+`epoch_scalars()` returns values to log once per epoch (docs/design.md, "Method contract").
+
+Methods are found in the repository's `methods/` folder, in every folder of
+`KDBENCH_METHODS_PATH` (os.pathsep-separated) or `--methods-dir`, and in the
+`kdbench.methods` entry-point group.
 """
 
 from __future__ import annotations
@@ -162,17 +167,50 @@ def build(name: str, **hparams: Any) -> nn.Module:
 def _prepare_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     if len(args) >= 2:
         student, teacher, *rest = args
-        args = (_to_float(student), _to_float(teacher).detach(), *rest)
+        args = (_per_view(_to_float, student), _per_view(_detached_float, teacher), *rest)
     return args, kwargs
+
+
+def _per_view(fn: Callable[[torch.Tensor], torch.Tensor], logits: Any) -> Any:
+    # A method with `views` receives a dict of logits keyed by view name.
+    return {view: fn(t) for view, t in logits.items()} if isinstance(logits, dict) else fn(logits)
 
 
 def _to_float(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
+def _detached_float(t: torch.Tensor) -> torch.Tensor:
+    return _to_float(t).detach()
+
+
 def needs_teacher(method: nn.Module) -> bool:
     """False for methods (like `vanilla`) that declare `needs_teacher = False`."""
     return bool(getattr(method, "needs_teacher", True))
+
+
+def views_of(method: nn.Module | type[nn.Module]) -> tuple[str, ...] | None:
+    """The views a method declares (`views = ("weak", "strong")`), or None: the standard view only."""
+    views = getattr(method, "views", None)
+    return tuple(views) if views else None
+
+
+def epoch_scalars(method: nn.Module) -> dict[str, float]:
+    """The method's per-epoch values (`epoch_scalars()`, e.g. CTKD's temperature) as floats; {} if none.
+
+    Call it outside the training step: it reads tensors back to the host.
+    """
+    fn = getattr(method, "epoch_scalars", None)
+    if fn is None:
+        return {}
+    return {str(k): float(v) for k, v in fn().items()}
+
+
+def reference(name: str) -> tuple[str, str]:
+    """The paper and the official code a method follows: its class attributes `paper` and `code`
+    ("" where it declares none)."""
+    cls = method_class(name)
+    return str(getattr(cls, "paper", "") or ""), str(getattr(cls, "code", "") or "")
 
 
 def describe(name: str) -> Description:
