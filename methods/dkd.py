@@ -9,6 +9,9 @@ from kdbench.methods import register
 class DKD(nn.Module):
     """Decoupled KD: CE + warm-up·T²·(α·TCKD + β·NCKD) (Zhao et al., CVPR 2022)."""
 
+    paper = "Zhao et al., CVPR 2022, arXiv:2203.08679"
+    code = "https://github.com/megvii-research/mdistiller/blob/a08d46f10d6102bd6e3f258ca5ac880b020ea259/mdistiller/distillers/DKD.py"
+
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_weight: float = 1.0,
                  warmup: int = 20, standardize: bool = False):
         super().__init__()

@@ -9,6 +9,9 @@ from kdbench.methods import register
 class KD(nn.Module):
     """Hinton KD: CE plus T²·KL between temperature-softened teacher and student (Hinton et al., 2015)."""
 
+    paper = "Hinton, Vinyals & Dean, 2015, arXiv:1503.02531"
+    code = "https://github.com/megvii-research/mdistiller/blob/a08d46f10d6102bd6e3f258ca5ac880b020ea259/mdistiller/distillers/KD.py"
+
     def __init__(self, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9, standardize: bool = False):
         super().__init__()
         self.temperature, self.ce_weight, self.kd_weight, self.standardize = temperature, ce_weight, kd_weight, standardize

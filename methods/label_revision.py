@@ -9,6 +9,9 @@ from kdbench.methods import register
 class LabelRevision(nn.Module):
     """Label-corrected KD "LR": logit MSE where the teacher is right, revised-label MSE where wrong (Lan et al., 2024)."""
 
+    paper = "Lan et al., IEEE TCDS 2025, arXiv:2404.03693"
+    code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/REVISION.py"
+
     def __init__(self, lambda1: float = 4.0, lambda2: float = 1.0, eta: float = 0.8):
         super().__init__()
         self.lambda1, self.lambda2, self.eta = lambda1, lambda2, eta

@@ -17,6 +17,9 @@ def swap_top1_with_target(logits: Tensor, targets: Tensor) -> Tensor:
 class LabelSwap(nn.Module):
     """Label-corrected KD "LA": swap the teacher's top-1 and true-class logits, then KD (as in the RLD code)."""
 
+    paper = "the \"LA\" baseline of RLD (arXiv:2408.07703); its source paper is unconfirmed"
+    code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/SWAP.py"
+
     def __init__(self, temperature: float = 4.0, ce_weight: float = 0.0, kd_weight: float = 1.0, standardize: bool = False):
         super().__init__()
         self.temperature, self.ce_weight, self.kd_weight, self.standardize = temperature, ce_weight, kd_weight, standardize

@@ -10,6 +10,9 @@ from kdbench.methods import register
 class NormKD(nn.Module):
     """NormKD: KD with a per-sample temperature T_norm·std(logits) on each side (Chi et al., 2023)."""
 
+    paper = "Chi et al., 2023, arXiv:2308.00520"
+    code = "https://github.com/gizi1/NormKD/blob/279371b69beeadbfe29104875b728a687a7cea49/mdistiller/distillers/NormKD.py"
+
     def __init__(self, t_norm: float = 2.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
         super().__init__()
         self.t_norm, self.ce_weight, self.kd_weight = t_norm, ce_weight, kd_weight

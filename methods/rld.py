@@ -9,6 +9,9 @@ from kdbench.methods import register
 class RLD(nn.Module):
     """Refined Logit Distillation: CE + warm-up·(α·SCD + β·MCD) (Sun et al., 2024)."""
 
+    paper = "Sun et al., ICCV 2025, arXiv:2408.07703"
+    code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/RLD.py"
+
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, alpha_temperature: float = 1.0,
                  ce_weight: float = 1.0, warmup: int = 20, standardize: bool = False):
         super().__init__()
