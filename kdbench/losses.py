@@ -7,6 +7,8 @@ returns one value per sample, which the identity tests use.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,7 +52,7 @@ def kl_div(log_q: Tensor, p: Tensor) -> Tensor:
 
 
 def kd_divergence(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float, reduction: str = "batchmean"
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor, reduction: str = "batchmean"
 ) -> Tensor:
     """Hinton's soft-target term: T² · KL(softmax(t/T) || softmax(s/T)), batch-averaged."""
     per_sample = kl_div(
@@ -139,3 +141,110 @@ def masked_kl(
     log_q = F.log_softmax((student_logits / temperature).masked_fill(mask, -1e9), dim=1)
     p = F.softmax((teacher_logits / temperature).masked_fill(mask, -1e9), dim=1)
     return _reduce(kl_div(log_q, p), reduction) * temperature**2
+
+
+def soft_cross_entropy(log_q: Tensor, p: Tensor) -> Tensor:
+    """Per-sample cross-entropy −Σ p·log q. Unlike `kl_div` it includes the entropy of `p`."""
+    return -(p * log_q).sum(dim=1)
+
+
+def drop_column(logits: Tensor, index: Tensor) -> Tensor:
+    """Each row without column `index[i]`, the other columns in their order: shape (B, C−1).
+
+    Equal to `logits[mask].reshape(B, -1)` with the column masked out, but a gather, so it
+    needs no row count on the host.
+    """
+    batch, classes = logits.shape
+    columns = torch.arange(classes - 1, device=logits.device).expand(batch, -1)
+    columns = columns + (columns >= index.unsqueeze(1)).long()
+    return logits.gather(1, columns)
+
+
+def pearson_correlation(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Row-wise Pearson correlation with DIST's eps: ⟨ā, b̄⟩ / (‖ā‖·‖b̄‖ + eps), x̄ = x − mean(x).
+
+    eps is added to the product of the norms, as DIST's code does; a clamped cosine
+    (`F.cosine_similarity`) differs where the norms are small.
+    """
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_relations(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """DIST's inter- and intra-class terms, each times τ²: 1 − mean ρ over the rows, and over
+    the columns (the classes across the batch), of softmax(z/τ)."""
+    p_student = F.softmax(student_logits / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    inter = 1 - pearson_correlation(p_student, p_teacher).mean()
+    intra = 1 - pearson_correlation(p_student.t(), p_teacher.t()).mean()
+    return inter * temperature**2, intra * temperature**2
+
+
+def power_transform(teacher_logits: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """TTM's transformed teacher softmax(t)^γ / Σ softmax(t)^γ, and the sum Σ softmax(t)^γ.
+
+    Computed as the official code does, by raising probabilities to γ; mathematically the
+    distribution is softmax(γ·t).
+    """
+    powered = F.softmax(teacher_logits, dim=1).pow(gamma)
+    total = powered.sum(dim=1)
+    return powered / total.unsqueeze(1), total
+
+
+def class_correlation(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """MLKD's class-level term: ‖PᵗᵀPᵗ − PˢᵀPˢ‖²_F / C, with P = softmax(z/T) (B×C)."""
+    p_student = F.softmax(student_logits / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    with torch.autocast(p_student.device.type, enabled=False):  # the products stay in the logits' precision
+        gap = p_teacher.t() @ p_teacher - p_student.t() @ p_student
+    return (gap**2).sum() / student_logits.shape[1]
+
+
+def batch_correlation(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """MLKD's batch-level term: ‖PᵗPᵗᵀ − PˢPˢᵀ‖²_F / B, with P = softmax(z/T) (B×C)."""
+    p_student = F.softmax(student_logits / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    with torch.autocast(p_student.device.type, enabled=False):
+        gap = p_teacher @ p_teacher.t() - p_student @ p_student.t()
+    return (gap**2).sum() / student_logits.shape[0]
+
+
+def at_most_median(values: Tensor) -> Tensor:
+    """values ≤ their median, the median as `np.percentile(values, 50)` computes it.
+
+    Both interpolate linearly between the two middle values; `torch.quantile` does so on
+    the device, with no host sync.
+    """
+    return values <= torch.quantile(values, 0.5)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """Identity forward; the backward multiplies the gradient by `scale`.
+
+    CTKD's gradient-reversal layer: its λ is negative, so the parameter ascends the loss.
+    """
+    return _ScaleGradient.apply(x, scale)
+
+
+def cosine_schedule(epoch: int, start: float, end: float, epochs: int) -> float:
+    """(cos(π·e/n) + 1)/2·(start − end) + end, with e = epoch clamped to [0, n].
+
+    CTKD's `CosineDecay(max_value=start, min_value=end, num_loops=n)`: `start` at e = 0,
+    `end` from e = n on. With n ≤ 0 it is `end` at once.
+    """
+    if epochs <= 0:
+        return end
+    e = min(max(epoch, 0), epochs)
+    return (math.cos(e * math.pi / epochs) + 1.0) * 0.5 * (start - end) + end

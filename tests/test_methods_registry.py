@@ -1,18 +1,22 @@
 """The method registry: registration, validation, discovery and its one-line errors."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from kdbench import KdbenchError, methods
 from kdbench.hparams import HParam
 
 REPO = Path(__file__).resolve().parents[1]
+BUILTINS = {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld",
+            "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd"}
 
 
 @pytest.fixture
@@ -39,7 +43,17 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 def test_builtin_methods_are_found():
-    assert {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld"} <= set(methods.available())
+    assert BUILTINS <= set(methods.available())
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_builtin_methods_name_their_paper_and_official_code(name):
+    paper, code = methods.reference(name)
+    if name == "vanilla":
+        assert (paper, code) == ("", "")
+        return
+    assert paper
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+/blob/[0-9a-f]{40}/\S+\.py", code), code
 
 
 def test_describe_reads_the_docstring_and_signature():
@@ -61,9 +75,44 @@ def test_describe_reads_the_docstring_and_signature():
     ("label_revision", {"lambda1": 4.0, "lambda2": 1.0, "eta": 0.8}),
     ("rld", {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "alpha_temperature": 1.0, "ce_weight": 1.0,
              "warmup": 20, "standardize": False}),
+    ("dist", {"beta": 2.0, "gamma": 2.0, "temperature": 4.0, "ce_weight": 1.0}),
+    ("ttm", {"gamma": 0.1, "ttm_weight": 45.0, "ce_weight": 1.0}),
+    ("wttm", {"gamma": 0.2, "wttm_weight": 4.0, "ce_weight": 1.0}),
+    ("nkd", {"temperature": 3.0, "gamma": 3.5, "ce_weight": 1.0}),
+    ("wsld", {"alpha": 2.25, "temperature": 4.0, "ce_weight": 1.0}),
+    ("ctkd", {"ce_weight": 0.1, "kd_weight": 0.9, "t_start": 1.0, "t_end": 20.0, "lambda_start": 0.0,
+              "lambda_end": -1.0, "lambda_epochs": 10, "standardize": False}),
+    ("mlkd", {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9, "standardize": False}),
 ])
 def test_hyper_parameter_names_and_defaults(name, defaults):
     assert methods.resolve_hparams(name) == defaults
+
+
+def test_build_casts_and_detaches_the_inputs_of_every_view(clean_registry):
+    seen = {}
+
+    class Spy(nn.Module):
+        views = ("weak", "strong")
+
+        def forward(self, student_logits, teacher_logits, targets, *, epoch):
+            seen.update(student=student_logits, teacher=teacher_logits)
+            return {}
+
+    methods.register("spy_views_test")(Spy)
+    student = {v: torch.randn(2, 3, dtype=torch.bfloat16, requires_grad=True) for v in Spy.views}
+    teacher = {v: torch.randn(2, 3, dtype=torch.float16, requires_grad=True) for v in Spy.views}
+    methods.build("spy_views_test")(student, teacher, torch.zeros(2, dtype=torch.long), epoch=1)
+    assert list(seen["student"]) == list(seen["teacher"]) == ["weak", "strong"]
+    for view in Spy.views:
+        assert seen["student"][view].dtype == seen["teacher"][view].dtype == torch.float32
+        assert seen["student"][view].requires_grad and not seen["teacher"][view].requires_grad
+    assert methods.views_of(Spy) == ("weak", "strong") and methods.views_of(methods.method_class("kd")) is None
+
+
+def test_epoch_scalars_are_read_as_floats():
+    assert methods.epoch_scalars(methods.build("kd")) == {}
+    values = methods.epoch_scalars(methods.build("ctkd"))
+    assert list(values) == ["temperature"] and isinstance(values["temperature"], float)
 
 
 def test_build_converts_ints_to_floats_and_records_hparams():
@@ -192,7 +241,7 @@ def test_readme_example_is_a_complete_method_under_25_lines(tmp_path):
     (tmp_path / "my_method.py").write_text(code)
     result = subprocess.run(
         [sys.executable, "-c", "from kdbench import methods, conformance; "
-         "new = set(methods.available()) - {'vanilla','kd','dkd','normkd','label_swap','label_revision','rld'}; "
+         f"new = set(methods.available()) - set({sorted(BUILTINS)!r}); "
          "assert len(new) == 1, new; conformance.check(new.pop()); print('ok')"],
         capture_output=True, text=True, env={**os.environ, methods.ENV_PATH: str(tmp_path)}, timeout=120,
     )
