@@ -88,31 +88,15 @@ import yaml
 
 from kdbench.errors import KdbenchError
 from kdbench.hparams import coerce, type_name
+from kdbench.recipe import option_defaults, resolve_schedule, schedule_defaults
 from kdbench.registry import did_you_mean
 from kdbench.tracking import SINK_NAMES
 
 TOP_LEVEL_KEYS = ("name", "dataset", "data", "seeds", "schedule", "teachers", "pairs", "methods", "options")
 
-SCHEDULE_DEFAULTS: dict[str, Any] = {
-    "epochs": 240,
-    "batch_size": 64,
-    "lr": "auto",
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "milestones": [150, 180, 210],
-    "lr_decay": 0.1,
-}
-
-OPTION_DEFAULTS: dict[str, Any] = {
-    "precision": "fp32",
-    "channels_last": False,
-    "compile": False,
-    "val_size": 0,
-    "eval_batch_size": 256,
-    "max_cohort_size": 0,
-    "deterministic": False,
-    "log": (),
-}
+# The recipe's defaults, as a grid file would spell them out (kdbench.recipe is their home).
+SCHEDULE_DEFAULTS: dict[str, Any] = schedule_defaults()
+OPTION_DEFAULTS: dict[str, Any] = option_defaults()
 
 TEACHER_SOURCES = ("mdistiller", "train", "torchvision")
 TEACHER_DEFAULTS: dict[str, Any] = {"checkpoint": "mdistiller", "seed": 0}
@@ -207,7 +191,7 @@ class Grid:
     """A validated grid file with every default filled in.
 
     `dataset` is the resolved spec (with `options.val_size` merged in); `schedule` is the
-    grid-level schedule (`lr` may still be "auto"; `kdbench.plan.lr_for` resolves it per
+    grid-level schedule (`lr` may still be "auto"; `kdbench.recipe.lr_for` resolves it per
     student); `variants` are in file order with sweeps expanded. `overrides` are the
     `--set` strings it was loaded with; `text` is the effective grid as YAML, what
     `results/<name>/grid.yaml` keeps (None for a grid parsed from a mapping).
@@ -652,8 +636,6 @@ class _Parser:
             raise self.fail("pairs", f"expected a list of {{teacher, student}} mappings, got {describe_value(raw)}")
         if not raw:
             raise self.fail("pairs", "expected at least one {teacher, student} pair, got an empty list")
-        from kdbench.plan import resolve_schedule
-
         pairs = [self.pair(i, item, teachers, schedule, variants) for i, item in enumerate(raw)]
         seen: dict[str, int] = {}
         for p in pairs:

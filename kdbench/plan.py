@@ -20,12 +20,7 @@ from typing import Any
 
 from kdbench.config import Grid, Pair
 from kdbench.errors import KdbenchError
-
-# Students that the reference recipe trains at LR 0.01 instead of 0.05 (lower-case).
-SMALL_LR_STUDENTS = frozenset({"shufflev1", "shufflev2", "mobilenetv2"})
-AUTO_LR = 0.05
-AUTO_LR_SMALL = 0.01
-
+from kdbench.recipe import resolve_schedule, run_options
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the text that ids hash."""
@@ -35,19 +30,6 @@ def canonical_json(obj: Any) -> str:
 def config_hash(obj: Any) -> str:
     """The first 12 hex digits of the SHA-256 of `obj`'s canonical JSON."""
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:12]
-
-
-def lr_for(student: str, schedule: dict[str, Any]) -> float:
-    """The schedule's base LR for `student`: `lr` itself, or for "auto" 0.01 (ShuffleV1/V2, MobileNetV2) or 0.05."""
-    lr = schedule.get("lr", "auto")
-    if lr == "auto":
-        return AUTO_LR_SMALL if student.lower() in SMALL_LR_STUDENTS else AUTO_LR
-    return float(lr)
-
-
-def resolve_schedule(model: str, schedule: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `schedule` with `lr` a number (the auto rule applied for `model`)."""
-    return {**schedule, "lr": lr_for(model, schedule), "milestones": list(schedule["milestones"])}
 
 
 def teacher_training_config(grid: Grid, pair: Pair) -> dict[str, Any]:
@@ -63,7 +45,7 @@ def teacher_training_config(grid: Grid, pair: Pair) -> dict[str, Any]:
         "dataset": grid.dataset,
         "seed": pair.teacher.seed,
         "schedule": resolve_schedule(pair.teacher.arch, pair.teacher.schedule),
-        "options": {k: grid.options[k] for k in RUN_OPTION_KEYS},
+        "options": run_options(grid.options),
     })
 
 
@@ -82,9 +64,6 @@ def teacher_config(grid: Grid, pair: Pair) -> dict[str, Any] | None:
     return out
 
 
-RUN_OPTION_KEYS = ("precision", "channels_last", "compile")
-
-
 def run_config(grid: Grid, pair: Pair, label: str, seed: int) -> dict[str, Any]:
     """The fully resolved config of one run: what `run_id` hashes and `config.yaml` holds."""
     variant = grid.variant(label)
@@ -97,7 +76,7 @@ def run_config(grid: Grid, pair: Pair, label: str, seed: int) -> dict[str, Any]:
         "hparams": pair.hparams[label],
         "seed": seed,
         "schedule": schedule,
-        "options": {k: grid.options[k] for k in RUN_OPTION_KEYS},
+        "options": run_options(grid.options),
     })
 
 
@@ -118,8 +97,8 @@ class Run:
     """One training run. `config` is the resolved run config (treat it as read-only).
 
     `pair` is `"teacher->student"` (`"->student"` without a teacher), `variant` the
-    table row label, `teacher` the teacher's arch or None, `cohort_key` the hash of
-    `cohort_key_of(config)`.
+    table row label, `teacher_arch` the teacher's architecture or None, `cohort_key` the
+    hash of `cohort_key_of(config)`.
     """
 
     run_id: str
@@ -128,7 +107,7 @@ class Run:
     variant: str
     method: str
     student: str
-    teacher: str | None
+    teacher_arch: str | None
     seed: int
     cohort_key: str
 
@@ -147,7 +126,7 @@ def plan(grid: Grid) -> list[Run]:
                 run = Run(
                     run_id=config_hash(config), config=config, pair=pair.name, variant=label,
                     method=config["method"], student=pair.student,
-                    teacher=pair.teacher.arch if pair.teacher else None, seed=seed,
+                    teacher_arch=pair.teacher.arch if pair.teacher else None, seed=seed,
                     cohort_key=config_hash(cohort_key_of(config)),
                 )
                 here = f"pairs[{pair.index}] variant '{label}' seed {seed}"
@@ -163,12 +142,13 @@ class Cohort:
     """Runs trained together: one teacher (or none), one dataset, seed, epoch count and batch size.
 
     `key` is the members' shared `cohort_key`; `cohort_id` hashes it with the member
-    run_ids, so a split cohort's parts have different ids.
+    run_ids, so a split cohort's parts have different ids. `teacher_config` is the teacher
+    as run configs hold it (`kdbench.teacher_ref.TeacherRef.from_config` resolves it).
     """
 
     cohort_id: str
     key: str
-    teacher: dict[str, Any] | None
+    teacher_config: dict[str, Any] | None
     dataset: dict[str, Any]
     seed: int
     epochs: int
@@ -207,7 +187,7 @@ def _cohort(key: str, members: list[Run]) -> Cohort:
     shared = cohort_key_of(members[0].config)
     return Cohort(
         cohort_id=config_hash({"key": key, "runs": sorted(r.run_id for r in members)}),
-        key=key, teacher=shared["teacher"], dataset=shared["dataset"], seed=shared["seed"],
+        key=key, teacher_config=shared["teacher"], dataset=shared["dataset"], seed=shared["seed"],
         epochs=shared["epochs"], batch_size=shared["batch_size"], options=shared["options"],
         runs=tuple(members),
     )

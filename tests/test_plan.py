@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from kdbench.config import parse_grid
+from kdbench.recipe import lr_for
 from kdbench.plan import (
-    Run, canonical_json, cohorts, config_hash, describe_plan, lr_for, plan, teacher_training_config,
+    Run, canonical_json, cohorts, config_hash, describe_plan, plan, teacher_training_config,
     teacher_training_id,
 )
 
@@ -66,7 +67,7 @@ def test_order_is_pairs_then_variants_then_seeds():
 
 def test_run_fields_and_config():
     run = next(r for r in runs_of(base()) if r.pair == "resnet32x4->resnet8x4" and r.variant == "rld(beta=4)")
-    assert (run.method, run.student, run.teacher, run.seed) == ("rld", "resnet8x4", "resnet32x4", 0)
+    assert (run.method, run.student, run.teacher_arch, run.seed) == ("rld", "resnet8x4", "resnet32x4", 0)
     config = run.config
     assert set(config) == {"dataset", "teacher", "student", "method", "hparams", "seed", "schedule", "options"}
     assert config["teacher"] == {"arch": "resnet32x4", "checkpoint": "mdistiller"}
@@ -96,7 +97,7 @@ def test_pair_variants_restrict_runs():
     obj = base()
     obj["pairs"].append({"teacher": None, "student": "resnet8", "variants": ["vanilla"]})
     runs = [r for r in runs_of(obj) if r.student == "resnet8"]
-    assert [(r.pair, r.variant, r.teacher) for r in runs] == [("->resnet8", "vanilla", None)] * 2
+    assert [(r.pair, r.variant, r.teacher_arch) for r in runs] == [("->resnet8", "vanilla", None)] * 2
     assert runs[0].config["teacher"] is None
 
 
@@ -108,11 +109,11 @@ def test_pair_variants_restrict_runs():
     ("resnet8x4", 0.05), ("wrn_16_2", 0.05), ("vgg8", 0.05),
 ])
 def test_auto_lr_rule(student, lr):
-    assert lr_for(student, {"lr": "auto"}) == lr
+    assert lr_for(student, "auto") == lr
 
 
 def test_explicit_lr_wins():
-    assert lr_for("MobileNetV2", {"lr": 0.2}) == 0.2
+    assert lr_for("MobileNetV2", 0.2) == 0.2
 
 
 def test_auto_lr_in_runs_and_pair_schedule_override():
@@ -204,7 +205,7 @@ def test_trained_teacher_hashes_its_training_config():
     assert config == {"arch": "vgg13", "dataset": grid.dataset, "seed": 5,
                       "schedule": {**grid.schedule, "epochs": 7, "lr": 0.05},
                       "options": {"precision": "fp32", "channels_last": False, "compile": False}}
-    run = next(r for r in plan(grid) if r.teacher == "vgg13")
+    run = next(r for r in plan(grid) if r.teacher_arch == "vgg13")
     assert run.config["teacher"] == {"arch": "vgg13", "checkpoint": "train", "train_id": teacher_training_id(grid, pair)}
     # The teacher's seed matters for runs of a trained teacher, not for a released one.
     before = ids(obj)
@@ -239,7 +240,7 @@ def test_cohorts_share_dataset_teacher_and_seed():
     assert len(groups) == 3 * 2  # pairs × seeds
     for cohort in groups:
         assert len(cohort.runs) == 6
-        assert {(r.teacher, r.seed) for r in cohort.runs} == {(cohort.teacher["arch"], cohort.seed)}
+        assert {(r.teacher_arch, r.seed) for r in cohort.runs} == {(cohort.teacher_config["arch"], cohort.seed)}
         assert {r.cohort_key for r in cohort.runs} == {cohort.key}
         assert (cohort.epochs, cohort.batch_size) == (3, 64)
         assert cohort.dataset["name"] == "synthetic" and cohort.options["precision"] == "fp32"

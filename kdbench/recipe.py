@@ -1,0 +1,120 @@
+"""The training recipe: the SGD schedule, the speed options, and the LR rule, with their defaults.
+
+This is the one place where the reference recipe is written down. The grid parser fills
+missing keys from these defaults, the trainer reads `Schedule` and `Options`, and
+`kdbench teachers train` starts from them. It imports nothing from kdbench.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+#: Students that the reference recipe (CRD, mdistiller) trains at LR 0.01 instead of 0.05.
+SMALL_LR_STUDENTS = frozenset({"shufflev1", "shufflev2", "mobilenetv2"})
+AUTO_LR = 0.05
+AUTO_LR_SMALL = 0.01
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The SGD recipe of one run; the defaults are the reference CIFAR-100 recipe.
+
+    `lr` is a number, or "auto" before `resolve` applies the LR rule for a student.
+    """
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float | str = "auto"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = (150, 180, 210)
+    lr_decay: float = 0.1
+
+    def lr_at(self, epoch: int) -> float:
+        """LR of 1-based `epoch`: lr · lr_decay^(number of milestones < epoch)."""
+        if isinstance(self.lr, str):
+            raise ValueError(f"the schedule's lr is {self.lr!r}; resolve it for a student first")
+        return self.lr * self.lr_decay ** sum(m < epoch for m in self.milestones)
+
+    def resolve(self, student: str) -> "Schedule":
+        """This schedule with `lr` a number (the auto rule applied for `student`)."""
+        return dataclasses.replace(self, lr=lr_for(student, self.lr))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The schedule as a run config stores it (milestones as a list)."""
+        return {**dataclasses.asdict(self), "milestones": list(self.milestones)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Schedule":
+        """A schedule from a (resolved or partial) config mapping; missing keys take the defaults."""
+        values = dict(values)
+        if "milestones" in values:
+            values["milestones"] = tuple(values["milestones"])
+        return cls(**values)
+
+
+def schedule_defaults() -> dict[str, Any]:
+    """The default schedule as a grid file would spell it out."""
+    return Schedule().to_dict()
+
+
+def lr_for(student: str, lr: float | str = "auto") -> float:
+    """The base LR for `student`: `lr` itself, or for "auto" 0.01 (ShuffleV1/V2, MobileNetV2) or 0.05."""
+    if lr == "auto":
+        return AUTO_LR_SMALL if student.lower() in SMALL_LR_STUDENTS else AUTO_LR
+    return float(lr)
+
+
+def resolve_schedule(student: str, schedule: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the mapping `schedule` with `lr` a number (the auto rule applied for `student`)."""
+    return {**schedule, "lr": lr_for(student, schedule.get("lr", "auto")), "milestones": list(schedule["milestones"])}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Grid options. The first three change what is trained and go into every run config
+    (`RUN_OPTION_KEYS`), and so does `deterministic` when true (`run_options`); the others
+    change only how fast, or where, things are run and written.
+    """
+
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast and a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False
+    val_size: int = 0
+    eval_batch_size: int = 256  # the fastest on CPUs, and fine on GPUs
+    max_cohort_size: int = 0  # 0: no limit
+    deterministic: bool = False  # deterministic algorithms (kdbench.provenance); can change GPU numbers
+    log: tuple[str, ...] = ()  # tracking sinks (kdbench.tracking); never change results
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a mapping."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Options":
+        """Options from a mapping; keys that are not options (e.g. `processes`) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in names}
+        if "log" in values:
+            values["log"] = tuple(values["log"])
+        return cls(**values)
+
+
+#: The options that change what is trained: part of every run config, hence of run ids.
+RUN_OPTION_KEYS = ("precision", "channels_last", "compile")
+
+
+def run_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options a run config holds: `RUN_OPTION_KEYS`, plus `deterministic` only when true,
+    so that the run ids of grids written before it existed do not change."""
+    out = {k: options[k] for k in RUN_OPTION_KEYS}
+    if options.get("deterministic"):
+        out["deterministic"] = True
+    return out
+
+
+def option_defaults() -> dict[str, Any]:
+    """The default options as a grid file would spell them out."""
+    return Options().to_dict()
