@@ -15,30 +15,12 @@ from typing import Any
 
 import torch
 
-from kdbench import methods, models
+from kdbench import devices, methods, models
 from kdbench.console import console
 from kdbench.errors import KdbenchError
-from kdbench.train import Member, Options, Schedule, _Trainee, autocast, build_student
-
-
-def default_device() -> str:
-    """cuda when available, else cpu."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(name: str | None) -> torch.device:
-    """A torch.device for `name`; an unavailable CUDA device is a one-line error."""
-    device = torch.device(name or default_device())
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KdbenchError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.type not in ("cpu", "cuda"):
-        raise KdbenchError(f"--device {name}: expected cpu, cuda or cuda:N")
-    return device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from kdbench.precision import autocast
+from kdbench.recipe import Options, Schedule
+from kdbench.trainee import WEAK, Member, Trainee, build_student
 
 
 class _Setup:
@@ -55,28 +37,29 @@ class _Setup:
         self.trainees = []
         for name in method_names:
             member = Member(run_id=name, student=student, method=name, hparams={},
-                            schedule=Schedule(batch_size=batch_size))
+                            schedule=Schedule(batch_size=batch_size).resolve(student))
             model = build_student(student, 0, num_classes, in_channels).to(device, memory_format=fmt).train()
-            self.trainees.append(_Trainee(member, model, methods.build(name).to(device), device, options))
+            self.trainees.append(Trainee(member, model, methods.build(name).to(device), device, options))
         g = torch.Generator(device="cpu").manual_seed(0)
         self.images = torch.randn(batch_size, in_channels, image_size, image_size, generator=g).to(device)
         self.images = self.images.contiguous(memory_format=fmt)
         self.targets = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
         self.step_count = 0
 
-    def teacher_logits(self) -> torch.Tensor:
+    def teacher_logits(self) -> dict[str, torch.Tensor]:
         with torch.no_grad(), autocast(self.device, self.options.precision):
-            return self.teacher(self.images)
+            return {WEAK: self.teacher(self.images)}
 
     def cohort_step(self) -> None:
         self.step_count += 1
         logits = self.teacher_logits()
         for trainee in self.trainees:
-            trainee.step(self.images, self.targets, logits, 30, self.step_count, self.options.precision)
+            trainee.step({WEAK: self.images}, self.targets, logits, 30, self.step_count, self.options.precision)
 
-    def separate_step(self, trainee: _Trainee) -> None:
+    def separate_step(self, trainee: Trainee) -> None:
         self.step_count += 1
-        trainee.step(self.images, self.targets, self.teacher_logits(), 30, self.step_count, self.options.precision)
+        trainee.step({WEAK: self.images}, self.targets, self.teacher_logits(), 30, self.step_count,
+                     self.options.precision)
 
 
 def _compiled(module: torch.nn.Module) -> torch.nn.Module:
@@ -89,11 +72,11 @@ def _compiled(module: torch.nn.Module) -> torch.nn.Module:
 def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    devices.synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
-    _sync(device)
+    devices.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -115,7 +98,7 @@ def measure(
     separate: bool = True,
 ) -> dict[str, Any]:
     """Training images per second of a cohort, and of the same methods trained one at a time."""
-    dev = check_device(device)
+    dev = devices.parse(device)
     method_names = method_names or ["kd", "dkd", "normkd", "label_swap", "rld"]
     for name in method_names:
         methods.method_class(name)
@@ -162,10 +145,10 @@ def step_costs(archs: list[str], *, device: str | torch.device, batch_size: int,
     targets = torch.randint(0, num_classes, (batch_size,), device=dev)
     costs = {}
     for arch in archs:
-        member = Member(run_id=arch, student=arch, method="vanilla", hparams={}, schedule=Schedule())
+        member = Member(run_id=arch, student=arch, method="vanilla", hparams={}, schedule=Schedule().resolve(arch))
         model = build_student(arch, 0, num_classes, in_channels).to(dev, memory_format=fmt)
-        trainee = _Trainee(member, model, methods.build("vanilla"), dev, options)
-        train_s = _timed(lambda: trainee.step(images, targets, images, 1, 1, precision), steps, 1, dev) / steps
+        trainee = Trainee(member, model, methods.build("vanilla"), dev, options)
+        train_s = _timed(lambda: trainee.step({WEAK: images}, targets, {}, 1, 1, precision), steps, 1, dev) / steps
 
         def forward() -> None:
             with torch.no_grad(), autocast(dev, precision):
@@ -182,7 +165,7 @@ def cli_bench(args: argparse.Namespace) -> int:
     if args.data_only:
         from kdbench.data.benchmark import measure_data_throughput
 
-        result = measure_data_throughput(str(check_device(args.device)), batch_size=args.batch_size)
+        result = measure_data_throughput(str(devices.parse(args.device)), batch_size=args.batch_size)
         if args.json:
             print(json.dumps(result))
         else:

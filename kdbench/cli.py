@@ -1,4 +1,4 @@
-"""The `kdbench` command line: run, report, status, list, bench, teachers.
+"""The `kdbench` command line: run, status, verify, report, list, bench, teachers.
 
 Every subcommand has `--help`. Errors a user can fix print as one line, exit code 2.
 """
@@ -11,6 +11,7 @@ from typing import Sequence
 
 from kdbench import __version__
 from kdbench.errors import KdbenchError
+from kdbench.report import options as report_options
 
 
 def _add_methods_dir(p: argparse.ArgumentParser) -> None:
@@ -85,23 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(status)
     _add_methods_dir(status)
 
+    verify = sub.add_parser(
+        "verify", help="check every run folder's record; say what `kdbench run` will do about each problem",
+        description="Check every run folder of a grid: the records parse, the summary agrees with the metrics "
+        "and the checkpoint, the config matches the run id, and the teacher's SHA-256 matches the recorded one. "
+        "One line per problem, with what `kdbench run` will do about it; exit code 1 if there is any.",
+    )
+    verify.add_argument("grid", nargs="?", help="grid YAML file or grid name (default: every grid in the results folder)")
+    verify.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
+    _add_data_dir(verify)
+    _add_methods_dir(verify)
+
     report = sub.add_parser(
         "report", help="comparison tables (Markdown, LaTeX, CSV) and plots",
         description="Aggregate run summaries into comparison tables and plots. The headline number is "
         "last-epoch test top-1, mean ± std over seeds.",
     )
-    report.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
-    report.add_argument("--grid", metavar="NAME", help="which grid (default: the only one, or every grid)")
-    report.add_argument("--out", metavar="DIR", help="output folder (default: RESULTS/GRID/report)")
-    report.add_argument(
-        "--metric", choices=["last", "best", "val"], default="last",
-        help="last: last-epoch test top-1 (default); best: best epoch on the test set (labelled so); "
-        "val: test top-1 at the epoch chosen on the validation split",
-    )
-    report.add_argument("--baseline", default="kd", metavar="VARIANT", help="method variant for significance marks and gains (default: kd)")
-    report.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test (default: 0.05)")
-    report.add_argument("--no-plots", action="store_true", help="write the tables only")
+    report_options.add_report_options(report)
     _add_methods_dir(report)
+
+    compare = sub.add_parser(
+        "compare", help="compare two results folders (or two grids) method by method",
+        description="Compare the runs of two results folders, or two grid folders, on the pairs and methods they "
+        "share: the difference B − A of each cell, paired by seed where the seeds match, with the report's "
+        "intervals and corrected tests. For checking a new kdbench version, another GPU or a changed recipe.",
+    )
+    report_options.add_compare_options(compare)
+    _add_methods_dir(compare)
 
     listing = sub.add_parser("list", help="list methods, models or datasets",
                              description="List the registered methods, models or datasets.")
@@ -178,18 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
-    if args.command == "run":
-        from kdbench import runner
+    if args.command in ("run", "status", "verify"):
+        from kdbench import commands
 
-        return runner.cli_run(args)
-    if args.command == "status":
-        from kdbench import runner
-
-        return runner.cli_status(args)
-    if args.command == "report":
+        return {"run": commands.cli_run, "status": commands.cli_status, "verify": commands.cli_verify}[args.command](args)
+    if args.command in ("report", "compare"):
         from kdbench.report import cli as report_cli
 
-        return report_cli.cli_report(args)
+        return report_cli.cli_report(args) if args.command == "report" else report_cli.cli_compare(args)
     if args.command == "list":
         from kdbench import listing
 

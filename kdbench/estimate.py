@@ -83,7 +83,7 @@ def estimate_seconds(grid: config.Grid, cohorts: list[plan.Cohort], states: dict
     out: dict[str, float | None] = {}
     for batch_size in batch_sizes:
         group = [c for c in cohorts if c.batch_size == batch_size]
-        archs = sorted({r.student for c in group for r in c.runs} | {c.teacher["arch"] for c in group if c.teacher})
+        archs = sorted({r.student for c in group for r in c.runs} | {c.teacher_config["arch"] for c in group if c.teacher_config})
         name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else f"cpu{torch.get_num_threads()}"
         key = (f"{name}|b{batch_size}|{options['precision']}|cl{int(options['channels_last'])}|"
                f"{geometry['in_channels']}x{geometry['image_size']}|c{geometry['num_classes']}")
@@ -101,7 +101,7 @@ def estimate_seconds(grid: config.Grid, cohorts: list[plan.Cohort], states: dict
             epochs_left = max((e for _, e in left), default=0)
             per_step = sum(costs[r.student]["train_s"] for r, _ in left)
             per_eval = sum(costs[r.student]["forward_s"] for r, _ in left) * eval_batches
-            if cohort.teacher:
-                per_step += costs[cohort.teacher["arch"]]["forward_s"]
+            if cohort.teacher_config:
+                per_step += costs[cohort.teacher_config["arch"]]["forward_s"]
             out[cohort.cohort_id] = epochs_left * (steps * per_step + per_eval)
     return out

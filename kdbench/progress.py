@@ -8,7 +8,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kdbench.console import console, is_interactive
-from kdbench.train import Member
+from kdbench.trainee import Member
 
 
 def _accuracy_line(rows: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:

@@ -16,22 +16,16 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from kdbench import records
 from kdbench.errors import KdbenchError
 
 __all__ = [
     "METRIC_COLUMNS", "SUMMARY_COLUMNS", "ResultsWarning", "grid_names", "load", "load_metrics",
 ]
 
-# Every summary.json field (docs/design.md, "Run record"); missing ones become NaN/None so
-# that downstream code can rely on the columns existing.
-SUMMARY_COLUMNS = [
-    "run_id", "grid", "cohort", "dataset", "dataset_spec", "pair", "teacher", "teacher_checkpoint",
-    "teacher_sha256", "teacher_top1", "student", "method", "variant", "hparams", "seed", "schedule",
-    "options", "status", "failure", "epochs", "epochs_done", "final_top1", "final_top5", "best_top1",
-    "best_epoch", "val_selected_top1", "best_val_epoch", "final_top1_teacher_wrong",
-    "final_top1_teacher_right", "wall_seconds", "cohort_size", "device", "environment",
-    "started_at", "finished_at",
-]
+# Every summary.json field (kdbench.records.Summary, documented in docs/design.md); missing
+# ones become NaN/None so that downstream code can rely on the columns existing.
+SUMMARY_COLUMNS = list(records.SUMMARY_FIELDS)
 _NUMERIC = [
     "teacher_top1", "epochs", "epochs_done", "final_top1", "final_top5", "best_top1", "best_epoch",
     "val_selected_top1", "best_val_epoch", "final_top1_teacher_wrong", "final_top1_teacher_right",
@@ -45,12 +39,7 @@ class ResultsWarning(UserWarning):
     """A run record that could not be read and was skipped."""
 
 
-def grid_names(results_dir: str | os.PathLike) -> list[str]:
-    """Names of the grids under `results_dir` (folders holding a `runs/` folder), sorted."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir())
+grid_names = records.grid_names
 
 
 def _run_dirs(results_dir: str | os.PathLike, grid: str | None) -> Iterator[tuple[str, Path]]:
@@ -71,18 +60,13 @@ def _no_results(results_dir: str | os.PathLike) -> KdbenchError:
     return KdbenchError(f"no results under {Path(results_dir)}/: run `kdbench run GRID` first")
 
 
-def _read_summary(path: Path) -> dict[str, Any] | None:
+def _read_summary(run: Path) -> dict[str, Any] | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warnings.warn(f"{path}: skipped, unreadable ({exc})", ResultsWarning, stacklevel=3)
+        summary = records.read_summary(run)
+    except records.RecordError as exc:
+        warnings.warn(f"{run / records.SUMMARY}: skipped, {exc.why}", ResultsWarning, stacklevel=3)
         return None
-    if not isinstance(record, dict):
-        warnings.warn(f"{path}: skipped, expected a JSON object, got {type(record).__name__}",
-                      ResultsWarning, stacklevel=3)
-        return None
-    return record
+    return None if summary is None else summary.to_json()
 
 
 def load(results_dir: str | os.PathLike = "results", grid: str | None = None) -> pd.DataFrame:
@@ -98,12 +82,9 @@ def load(results_dir: str | os.PathLike = "results", grid: str | None = None) ->
     """
     rows = []
     for grid_name, run in _run_dirs(results_dir, grid):
-        path = run / "summary.json"
-        if not path.exists():
-            continue  # a run that has not finished its first epoch yet
-        record = _read_summary(path)
+        record = _read_summary(run)
         if record is None:
-            continue
+            continue  # no summary yet, or a damaged one (`kdbench verify` says why)
         record = dict(record)
         record["grid"] = grid_name
         record.setdefault("run_id", run.name)
@@ -145,7 +126,7 @@ def load_metrics(results_dir: str | os.PathLike = "results", grid: str | None = 
     """
     frames = []
     for grid_name, run in _run_dirs(results_dir, grid):
-        path = run / "metrics.jsonl"
+        path = run / records.METRICS
         if not path.exists():
             continue
         rows = _read_metrics(path)

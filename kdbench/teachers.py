@@ -1,28 +1,33 @@
-"""Teacher checkpoints: fetch the reference release, (later) evaluate and train teachers.
+"""Teacher checkpoints: fetch the reference release, evaluate teachers, train one.
 
 The reference teachers are mdistiller's `cifar_teachers.tar` (the CRD / RepDistiller
 teachers), unpacked under the data root as
 `<root>/cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`.
+
+No SHA-256 of the release is published, so `fetch` records the archive's and every
+checkpoint's SHA-256 at the first fetch (`<root>/cifar_teachers.sha256.json`) and verifies
+them against that record at every later fetch and every use in a run.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from kdbench.data.files import safe_extract_tar
 from kdbench.errors import KdbenchError
+from kdbench.models import sha256_file
+from kdbench.recipe import Schedule
+from kdbench.records import Status, now_iso
+from kdbench.teacher_ref import RELEASE_DIR, RELEASE_RECORD, read_release_record, release_path, write_release_record
 
 RELEASE_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 TAR_NAME = "cifar_teachers.tar"
-TEACHERS_DIR = "cifar_teachers"
-# The teachers mdistiller's configs load from the release (models/cifar/__init__.py).
-RELEASE_TEACHERS = ("resnet56", "resnet110", "resnet32x4", "ResNet50", "wrn_40_2", "vgg13")
-_EXTRACTED_MARKER = ".cifar_teachers.extracted"
+TEACHERS_DIR = RELEASE_DIR
 _CHUNK = 1 << 20
 
 
@@ -33,33 +38,52 @@ def teacher_path(root: str | os.PathLike, arch: str) -> Path:
     """Where the release keeps `arch`'s checkpoint: `root/cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`."""
     from kdbench.models import canonical
 
-    return Path(root) / TEACHERS_DIR / f"{canonical(arch)}_vanilla" / "ckpt_epoch_240.pth"
+    return release_path(root, canonical(arch))
 
 
 # ---------------------------------------------------------------------------- fetch
 
 
 def fetch(root: str | os.PathLike, url: str | None = None) -> Path:
-    """Download (unless present) and safely unpack `cifar_teachers.tar` under `root`; return the teachers folder."""
+    """Download (unless present), verify and safely unpack `cifar_teachers.tar` under `root`.
+
+    The archive's SHA-256 and each unpacked checkpoint's are recorded at the first fetch and
+    verified against that record afterwards; a mismatch is a one-line error. Returns the
+    teachers folder.
+    """
     root = Path(root)
     url = url or RELEASE_URL
     tar_path = root / TAR_NAME
     if not tar_path.is_file():
         download(url, tar_path)
+    record = read_release_record(root)
+    archive_sha = sha256_file(tar_path)
+    if record is not None and record["archive"]["sha256"] != archive_sha:
+        raise KdbenchError(
+            f"{tar_path}: SHA-256 {archive_sha[:16]}… differs from {record['archive']['sha256'][:16]}… recorded at "
+            f"its first fetch ({record.get('recorded_at', '?')}); delete it and {root / RELEASE_RECORD} to fetch it again")
     teachers = root / TEACHERS_DIR
-    marker = root / _EXTRACTED_MARKER
-    stamp = _stamp(tar_path)
-    if not (teachers.is_dir() and marker.is_file() and marker.read_text().strip() == stamp):
-        try:
-            safe_extract(tar_path, root)
-        except KdbenchError as e:
-            if "not a readable tar archive" in str(e):
-                raise KdbenchError(f"{e}; delete it and re-run to download it again") from None
-            raise
-        if not teachers.is_dir():
-            raise KdbenchError(f"{tar_path}: the archive has no '{TEACHERS_DIR}/' folder; is it the right file ({url})?")
-        marker.write_text(stamp + "\n")
+    if record is None or _unpacked_files(teachers) != set(record["files"]):
+        safe_extract_tar(tar_path, root, TEACHERS_DIR)
+    files = {name: sha256_file(teachers.parent / name) for name in sorted(_unpacked_files(teachers))}
+    if record is None:
+        write_release_record(root, {"archive": {"name": TAR_NAME, "sha256": archive_sha,
+                                                "size": tar_path.stat().st_size, "url": url},
+                                    "files": files, "how": "recorded at the first fetch: no published SHA-256"})
+        return teachers
+    for name, sha in files.items():
+        if record["files"].get(name) != sha:
+            raise KdbenchError(f"{teachers.parent / name}: SHA-256 {sha[:16]}… differs from "
+                               f"{str(record['files'].get(name))[:16]}… recorded at the first fetch; "
+                               f"delete {teachers} to unpack it again")
     return teachers
+
+
+def _unpacked_files(folder: Path) -> set[str]:
+    """Files under the teachers folder, relative to its parent (as the release record names them)."""
+    if not folder.is_dir():
+        return set()
+    return {str(p.relative_to(folder.parent)) for p in folder.rglob("*") if p.is_file() and p.name != "teachers.json"}
 
 
 def download(url: str, dest: str | os.PathLike) -> Path:
@@ -116,66 +140,6 @@ def _copy_with_progress(source, out, total: int | None, label: str) -> None:
     print(f"  {done / 1e6:.0f} MB done", file=sys.stderr, flush=True)
 
 
-def _stamp(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size} {stat.st_mtime_ns}"
-
-
-# ---------------------------------------------------------------------------- safe unpacking
-
-
-def safe_extract(tar_path: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Unpack `tar_path` into `dest`, refusing absolute paths, `..`, links out of `dest` and special files."""
-    tar_path, dest = Path(tar_path), Path(dest)
-    if not tar_path.is_file():
-        raise KdbenchError(f"archive not found: expected a file at {tar_path.resolve()}")
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        with tarfile.open(tar_path) as tar:
-            members = tar.getmembers()
-            for member in members:
-                problem = _unsafe(member, root)
-                if problem:
-                    raise KdbenchError(f"{tar_path}: refusing to unpack '{member.name}': {problem}")
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and recent 3.10/3.11 patch releases
-                tar.extractall(root, members=members, filter="data")
-            else:
-                tar.extractall(root, members=members)
-    except tarfile.TarError as e:
-        filter_error = getattr(tarfile, "FilterError", None)
-        if filter_error is not None and isinstance(e, filter_error):
-            raise KdbenchError(f"{tar_path}: refusing to unpack it: {e}") from None
-        raise KdbenchError(f"{tar_path}: not a readable tar archive ({type(e).__name__}: {e})") from None
-
-
-def _unsafe(member: tarfile.TarInfo, root: Path) -> str | None:
-    """Why `member` must not be unpacked into `root`, or None."""
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or member.name.startswith(("/", "\\")) or (len(member.name) > 1 and member.name[1] == ":"):
-        return "absolute path"
-    if ".." in name.parts:
-        return "'..' in the path"
-    if not _inside(root / name, root):
-        return "path leaves the destination"
-    if member.issym():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute() or not _inside(root / name.parent / link, root):
-            return f"symbolic link to '{member.linkname}' outside the destination"
-    elif member.islnk():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute() or ".." in link.parts or not _inside(root / link, root):
-            return f"hard link to '{member.linkname}' outside the destination"
-    elif not (member.isfile() or member.isdir()):
-        return "not a regular file or folder"
-    return None
-
-
-def _inside(path: Path, root: Path) -> bool:
-    resolved = Path(os.path.normpath(path))
-    return resolved == root or root in resolved.parents
-
-
 # ---------------------------------------------------------------------------- eval
 
 
@@ -186,7 +150,7 @@ def release_checkpoints(folder: str | os.PathLike) -> list[tuple[str, Path]]:
     found = []
     for path in sorted(Path(folder).glob("*_vanilla/ckpt_epoch_240.pth")):
         arch = path.parent.name[: -len("_vanilla")]
-        if arch in models.available() or _known(arch):
+        if _known(arch):
             found.append((models.canonical(arch), path))
     return found
 
@@ -210,7 +174,7 @@ def evaluate_teachers(folder: Path, dataset: str, data_root: Path, device: str) 
     import torch
 
     from kdbench import atomic, data, models
-    from kdbench.train import evaluate
+    from kdbench.evaluation import evaluate
 
     found = release_checkpoints(folder)
     if not found:
@@ -224,8 +188,7 @@ def evaluate_teachers(folder: Path, dataset: str, data_root: Path, device: str) 
         metrics = evaluate(teacher.to(device_), splits.test, device_, "fp32")
         entries.append({"arch": arch, "path": str(path), "sha256": models.sha256_file(path),
                         "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2)})
-    manifest = {"dataset": splits.name, "device": str(device_),
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "teachers": entries}
+    manifest = {"dataset": splits.name, "device": str(device_), "measured_at": now_iso(), "teachers": entries}
     atomic.write_json(Path(folder) / "teachers.json", manifest)
     return manifest
 
@@ -238,12 +201,14 @@ def train_teacher(teacher_config: dict, weights_path: Path, data_root: Path, dev
     """Train a teacher from scratch with the student harness (the vanilla method).
 
     `teacher_config` is `{arch, dataset, seed, schedule, options}`; `options` are the speed
-    options (`train.Options`) to train with. The run record (checkpoint,
+    options (`recipe.Options`) to train with. The run record (checkpoint,
     metrics, summary) goes next to `weights_path`, so an interrupted training resumes; the
     finished weights are written to `weights_path` in the release format `{"model": state_dict}`.
     """
     from kdbench import atomic
-    from kdbench.train import Cohort, Member, Options, Schedule, train_cohort
+    from kdbench.recipe import Options, Schedule
+    from kdbench.train import CohortSpec, train_cohort
+    from kdbench.trainee import Member
 
     out_dir = Path(weights_path).parent
     member = Member(
@@ -251,7 +216,7 @@ def train_teacher(teacher_config: dict, weights_path: Path, data_root: Path, dev
         schedule=Schedule.from_dict(teacher_config["schedule"]), out_dir=out_dir, config=teacher_config,
         record={"variant": "teacher"},
     )
-    cohort = Cohort(dataset=teacher_config["dataset"], seed=teacher_config["seed"], members=[member],
+    cohort = CohortSpec(dataset=teacher_config["dataset"], seed=teacher_config["seed"], members=[member],
                     options=options or Options(), data_root=Path(data_root))
     reporter = progress.cohort(f"teacher {teacher_config['arch']}", {member.run_id: "teacher"}) if progress else None
     try:
@@ -259,12 +224,12 @@ def train_teacher(teacher_config: dict, weights_path: Path, data_root: Path, dev
     finally:
         if reporter:
             reporter.finish()
-    if result.status == "failed":
-        raise KdbenchError(f"training teacher {teacher_config['arch']} failed: {result.summary['failure']['reason']}")
+    if result.status == Status.FAILED:
+        raise KdbenchError(f"training teacher {teacher_config['arch']} failed: {result.summary.failure.reason}")
     atomic.torch_save(weights_path, {"model": result.model.state_dict(), "epoch": result.epochs_done,
-                                     "accuracy": result.summary["final_top1"]})
+                                     "accuracy": result.summary.final_top1})
     if progress:
-        progress.log(f"teacher {teacher_config['arch']} trained: test top-1 {result.summary['final_top1']:.2f} "
+        progress.log(f"teacher {teacher_config['arch']} trained: test top-1 {result.summary.final_top1:.2f} "
                      f"→ {weights_path}")
     return Path(weights_path)
 
@@ -276,20 +241,23 @@ def cli_teachers(args) -> int:
     """`kdbench teachers fetch|eval|train`."""
     from rich.table import Table
 
-    from kdbench import data
+    from kdbench import data, devices
     from kdbench.console import console
 
     root = data.resolve_root(args.data_dir, None)
     if args.teachers_command == "fetch":
+        first = read_release_record(root) is None
         folder = fetch(root, args.url)
         found = release_checkpoints(folder)
         console().print(f"{len(found)} teachers in {folder}: {', '.join(a for a, _ in found)}")
+        record = root / RELEASE_RECORD
+        console().print(f"no SHA-256 of the release is published: recorded the archive's and each checkpoint's in "
+                        f"{record}; later fetches and runs verify against it" if first else
+                        f"verified the archive and each checkpoint against {record}")
         return 0
     if args.teachers_command == "eval":
-        from kdbench.bench import check_device
-
         folder = Path(args.teachers_dir) if args.teachers_dir else root / TEACHERS_DIR
-        manifest = evaluate_teachers(folder, args.dataset, root, str(check_device(args.device)))
+        manifest = evaluate_teachers(folder, args.dataset, root, str(devices.parse(args.device)))
         table = Table(title=f"teachers on {manifest['dataset']} (test set), measured on {manifest['device']}")
         for column in ("arch", "top-1", "top-5", "sha256", "path"):
             table.add_column(column)
@@ -299,20 +267,18 @@ def cli_teachers(args) -> int:
         console().print(f"manifest: {folder / 'teachers.json'}")
         return 0
     from kdbench import models
-    from kdbench.bench import check_device
     from kdbench.progress import GridProgress
-    from kdbench.plan import lr_for
-    from kdbench.train import Schedule
 
     arch = models.canonical(args.arch)
     spec = data.resolve_spec(args.dataset)
-    schedule = {**Schedule().__dict__, "epochs": args.epochs, "lr": args.lr or lr_for(arch, {"lr": "auto"}),
-                "milestones": [m for m in Schedule().milestones if m < args.epochs]}
+    base = Schedule()
+    schedule = Schedule(epochs=args.epochs, lr=args.lr or "auto",
+                        milestones=tuple(m for m in base.milestones if m < args.epochs)).resolve(arch)
     out = Path(args.out) if args.out else teacher_path(root, arch)
     progress = GridProgress(1, 0)
     try:
-        train_teacher({"arch": arch, "dataset": spec, "seed": args.seed, "schedule": schedule}, out, root,
-                      str(check_device(args.device)), progress)
+        train_teacher({"arch": arch, "dataset": spec, "seed": args.seed, "schedule": schedule.to_dict()}, out, root,
+                      str(devices.parse(args.device)), progress)
     finally:
         progress.close()
     return 0

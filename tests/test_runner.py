@@ -179,13 +179,13 @@ def test_torchrun_trains_with_ddp(tmp_path):
 
 def test_submitit_local_executor(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
-    from kdbench import runner
+    from kdbench.launch import SlurmOptions, submit_slurm
+    from kdbench.worker_spec import WorkerSpec
 
     grid = write_grid(tmp_path, epochs=1, seeds=(0,), methods=("kd",))
     monkeypatch.chdir(tmp_path)
-    args = cli.build_parser().parse_args(["run", str(grid), "--executor", "slurm", "--device", "cpu",
-                                          "--results-dir", str(tmp_path / "results"), "--slurm-jobs", "2", "--wait"])
-    assert runner.submit_slurm(args, runner.config.load_grid(grid), 2, cluster="local") == 0
+    spec = WorkerSpec(grid_path=str(grid), results_dir=str(tmp_path / "results"), device="cpu")
+    assert submit_slurm(spec, "tiny", 2, SlurmOptions(jobs=2, wait=True, cluster="local")) == [0, 0]
     found = summaries(tmp_path / "results")
     assert len(found) == 2 and all(s["status"] == "done" for s in found.values())
 

@@ -58,7 +58,7 @@ def test_a_grid_trains_its_teacher_once_and_reuses_it(tmp_path):
                                  cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     first = run()
     assert first.returncode == 0, first.stderr + first.stdout
-    cache = [p for p in (tmp_path / "results" / "teachers").iterdir() if p.name != "locks"]
+    cache = [p for p in (tmp_path / "results" / "teachers").iterdir() if p.name not in ("locks", "known")]
     assert len(cache) == 1 and (cache[0] / "teacher.pth").is_file()
     assert first.stdout.count("teacher resnet14 trained") == 1
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "results" / "cached" / "runs").glob("*/summary.json")]

@@ -1,8 +1,10 @@
-"""`teachers fetch`: paths, download (file:// and offline), safe unpacking."""
+"""`teachers fetch`: paths, download (file:// and offline), safe unpacking, SHA-256 records."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import tarfile
 import urllib.error
 import urllib.request
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdbench import teachers
+from kdbench.data.files import safe_extract_tar
 from kdbench.errors import KdbenchError
 
 
@@ -37,8 +40,8 @@ def test_teacher_path(tmp_path):
 
 
 def test_a_good_tar_unpacks(tmp_path):
-    archive = _tar(tmp_path / "good.tar", {CKPT: b"weights"}, {"cifar_teachers/latest": (tarfile.SYMTYPE, "resnet56_vanilla")})
-    teachers.safe_extract(archive, tmp_path / "out")
+    archive = _tar(tmp_path / "good.tar", {CKPT: b"weights"})
+    safe_extract_tar(archive, tmp_path / "out", "cifar_teachers")
     assert (tmp_path / "out" / CKPT).read_bytes() == b"weights"
 
 
@@ -46,16 +49,20 @@ def test_a_good_tar_unpacks(tmp_path):
     ({"../evil": b"x"}, None, "'..' in the path"),
     ({"cifar_teachers/../../evil": b"x"}, None, "'..' in the path"),
     ({"/tmp/evil": b"x"}, None, "absolute path"),
-    ({}, {"cifar_teachers/link": (tarfile.SYMTYPE, "../../etc/passwd")}, "symbolic link"),
+    ({"elsewhere/file": b"x"}, None, "outside the 'cifar_teachers/' folder"),
+    ({}, {"cifar_teachers/link": (tarfile.SYMTYPE, "../../etc/passwd")}, "symbolic link to '../../etc/passwd'"),
     ({}, {"cifar_teachers/abs": (tarfile.SYMTYPE, "/etc/passwd")}, "symbolic link"),
+    ({}, {"cifar_teachers/latest": (tarfile.SYMTYPE, "resnet56_vanilla")}, "symbolic link"),  # even inside
     ({}, {"cifar_teachers/hard": (tarfile.LNKTYPE, "../outside")}, "hard link"),
-    ({}, {"cifar_teachers/fifo": (tarfile.FIFOTYPE, "")}, "not a regular file"),
+    ({}, {"cifar_teachers/fifo": (tarfile.FIFOTYPE, "")}, "not a regular file or folder"),
+    ({}, {"cifar_teachers/tty": (tarfile.CHRTYPE, "")}, "not a regular file or folder"),
+    ({}, {"cifar_teachers/disk": (tarfile.BLKTYPE, "")}, "not a regular file or folder"),
 ])
 def test_unsafe_entries_are_refused(tmp_path, entries, links, why):
     archive = _tar(tmp_path / "bad.tar", {CKPT: b"w", **entries}, links)
     dest = tmp_path / "a" / "b"
     with pytest.raises(KdbenchError) as e:
-        teachers.safe_extract(archive, dest)
+        safe_extract_tar(archive, dest, "cifar_teachers")
     message = str(e.value)
     assert "\n" not in message and message.startswith(f"{archive}: refusing to unpack") and why in message
     assert not (tmp_path / "a" / "evil").exists() and not (dest / CKPT).exists()  # nothing unpacked
@@ -65,7 +72,7 @@ def test_not_a_tar(tmp_path):
     bogus = tmp_path / "cifar_teachers.tar"
     bogus.write_bytes(b"<html>rate limited</html>")
     with pytest.raises(KdbenchError, match="not a readable tar archive"):
-        teachers.safe_extract(bogus, tmp_path)
+        safe_extract_tar(bogus, tmp_path, "cifar_teachers")
 
 
 def test_fetch_downloads_and_unpacks(tmp_path):
@@ -81,7 +88,7 @@ def test_fetch_uses_a_tar_placed_by_hand_and_unpacks_once(tmp_path, monkeypatch)
     _tar(tmp_path / "cifar_teachers.tar", {CKPT: b"weights"})
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
     assert teachers.fetch(tmp_path) == tmp_path / "cifar_teachers"
-    monkeypatch.setattr(teachers, "safe_extract", lambda *a, **k: pytest.fail("must not unpack twice"))
+    monkeypatch.setattr(teachers, "safe_extract_tar", lambda *a, **k: pytest.fail("must not unpack twice"))
     assert (teachers.fetch(tmp_path) / "resnet56_vanilla/ckpt_epoch_240.pth").read_bytes() == b"weights"
 
 
@@ -107,5 +114,32 @@ def test_fetch_rejects_a_tar_without_the_teachers_folder(tmp_path):
 
 def test_fetch_with_a_corrupt_tar_says_to_delete_it(tmp_path):
     (tmp_path / "cifar_teachers.tar").write_bytes(b"\0garbage" * 10)
-    with pytest.raises(KdbenchError, match="delete it and re-run to download it again"):
+    with pytest.raises(KdbenchError, match="not a readable tar archive .*; delete it and fetch it again"):
         teachers.fetch(tmp_path)
+
+
+def test_fetch_records_sha256_at_the_first_fetch_and_verifies_them_after(tmp_path):
+    archive = _tar(tmp_path / "cifar_teachers.tar", {CKPT: b"weights"})
+    teachers.fetch(tmp_path)
+    record = json.loads((tmp_path / "cifar_teachers.sha256.json").read_text())
+    assert record["archive"]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert record["files"] == {CKPT: hashlib.sha256(b"weights").hexdigest()}
+    assert "no published SHA-256" in record["how"]
+    (tmp_path / CKPT).write_bytes(b"tampered")
+    with pytest.raises(KdbenchError) as e:
+        teachers.fetch(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / CKPT}: SHA-256 ") and "recorded at the first fetch" in str(e.value)
+    _tar(tmp_path / "cifar_teachers.tar", {CKPT: b"other weights"})
+    with pytest.raises(KdbenchError) as e:
+        teachers.fetch(tmp_path)
+    assert str(e.value).startswith(f"{archive}: SHA-256 ") and "recorded at its first fetch" in str(e.value)
+
+
+def test_fetch_says_which_check_it_made(tmp_path, capsys):
+    from kdbench import cli
+
+    _tar(tmp_path / "cifar_teachers.tar", {CKPT: b"weights"})
+    assert cli.main(["teachers", "fetch", "--data-dir", str(tmp_path)]) == 0
+    assert "no SHA-256 of the release is published: recorded" in capsys.readouterr().out
+    assert cli.main(["teachers", "fetch", "--data-dir", str(tmp_path)]) == 0
+    assert "verified the archive and each checkpoint against" in capsys.readouterr().out

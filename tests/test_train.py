@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import KdbenchError, data, methods, models
-from kdbench.train import (
-    Cohort, Member, Options, Schedule, TrainingInterrupted, _Trainee, build_student, train_cohort,
-)
+from kdbench import data, methods, models
+from kdbench.recipe import Options, Schedule
+from kdbench.teacher_ref import TeacherRef, TeacherSource
+from kdbench.train import CohortSpec, TrainingInterrupted, train_cohort
+from kdbench.trainee import WEAK, Member, Trainee, build_student
 
 SPEC = {"name": "synthetic", "num_classes": 10, "train_size": 160, "test_size": 64, "image_size": 16, "channels": 3}
 TIMING = {"epoch_seconds", "images_per_s"}
@@ -33,8 +34,11 @@ def member(name: str, out: Path | None, epochs: int = 3, method: str | None = No
                   out_dir=out, config=config)
 
 
-def cohort(members: list[Member]) -> Cohort:
-    return Cohort(dataset=SPEC, seed=0, members=members, teacher="resnet8", teacher_model=teacher_model())
+TEACHER = TeacherRef("resnet8", TeacherSource.FILE, None)
+
+
+def cohort(members: list[Member]) -> CohortSpec:
+    return CohortSpec(dataset=SPEC, seed=0, members=members, teacher=TEACHER, teacher_model=teacher_model())
 
 
 def strip(history: list[dict]) -> list[dict]:
@@ -136,20 +140,21 @@ def test_nan_in_one_member_leaves_the_others_intact(tmp_path, splits, nan_method
     assert_same_results([with_nan[0], with_nan[2]], without)
     failed = with_nan[1]
     assert failed.status == "failed" and failed.epochs_done == 1
-    failure = failed.summary["failure"]
-    assert failure["reason"] == "non-finite loss" and failure["epoch"] == 2 and failure["step"] == 3
-    assert failure["terms"]["ce"] > 0 and failure["terms"]["bad"] != failure["terms"]["bad"]  # NaN
+    failure = failed.summary.failure
+    assert failure.reason == "non-finite loss" and failure.epoch == 2 and failure.step == 3
+    assert failure.terms["ce"] > 0 and failure.terms["bad"] != failure.terms["bad"]  # NaN
     import json
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["failure"]["step"] == 3
 
 
-def test_resume_under_a_changed_config_is_refused(tmp_path, splits):
+def test_resume_under_a_changed_config_fails_that_member_only(tmp_path, splits):
     train_cohort(cohort([member("kd", tmp_path / "kd", epochs=1)]), "cpu", data=splits)
-    changed = member("kd", tmp_path / "kd", epochs=1, temperature=2.0)
-    with pytest.raises(KdbenchError) as exc:
-        train_cohort(cohort([changed]), "cpu", data=splits)
-    assert "hparams.temperature" in str(exc.value) and "\n" not in str(exc.value)
+    changed = member("kd", tmp_path / "kd", epochs=2, temperature=2.0)
+    (result, other) = train_cohort(cohort([changed, member("dkd", tmp_path / "dkd", epochs=2)]), "cpu", data=splits)
+    assert result.status == "failed" and other.status == "done"
+    reason = result.summary.failure.reason
+    assert "cannot resume under a changed config" in reason and "\n" not in reason
 
 
 def test_lr_schedule_and_records(tmp_path, splits):
@@ -164,8 +169,8 @@ def test_lr_schedule_and_records(tmp_path, splits):
         assert key in row, key
     assert row["train_loss"] == pytest.approx(row["loss_ce"] + row["loss_kd"], rel=1e-5)
     summary = result.summary
-    assert summary["status"] == "done" and summary["final_top1"] == row["test_top1"]
-    assert summary["epochs_done"] == 3 and summary["teacher_top1"] is not None
+    assert summary.status == "done" and summary.final_top1 == row["test_top1"]
+    assert summary.epochs_done == 3 and summary.teacher_top1 is not None
     for name in ("checkpoint.pt", "metrics.jsonl", "summary.json", "config.yaml"):
         assert (tmp_path / "kd" / name).exists()
 
@@ -173,7 +178,7 @@ def test_lr_schedule_and_records(tmp_path, splits):
 def test_teacher_stays_in_eval_mode_and_unchanged(splits):
     teacher = teacher_model()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    run = Cohort(dataset=SPEC, seed=0, members=[member("kd", None, epochs=1)], teacher="resnet8", teacher_model=teacher)
+    run = CohortSpec(dataset=SPEC, seed=0, members=[member("kd", None, epochs=1)], teacher=TEACHER, teacher_model=teacher)
     train_cohort(run, "cpu", data=splits)
     assert not teacher.training
     for key, value in teacher.state_dict().items():
@@ -183,19 +188,20 @@ def test_teacher_stays_in_eval_mode_and_unchanged(splits):
 def test_validation_split_is_evaluated(tmp_path):
     spec = {**SPEC, "val_size": 20}
     splits = data.build(spec, root=Path("data"), device="cpu", seed=0, batch_size=32, eval_batch_size=64)
-    run = Cohort(dataset=spec, seed=0, members=[member("vanilla", None, epochs=2)])
+    run = CohortSpec(dataset=spec, seed=0, members=[member("vanilla", None, epochs=2)])
     (result,) = train_cohort(run, "cpu", data=splits)
     assert "val_top1" in result.history[-1]
-    assert result.summary["val_selected_top1"] is not None and result.summary["best_val_epoch"] in (1, 2)
-    assert result.summary["final_top1_teacher_wrong"] is None
+    assert result.summary.val_selected_top1 is not None and result.summary.best_val_epoch in (1, 2)
+    assert result.summary.final_top1_teacher_wrong is None
 
 
-@pytest.mark.parametrize("name", ["vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld"])
+@pytest.mark.parametrize("name", methods.available())
 def test_the_training_step_never_syncs_with_the_host(name, monkeypatch):
     model = build_student("resnet8", 0, 10, 3)
-    trainee = _Trainee(member(name, None), model, methods.build(name), torch.device("cpu"), Options())
-    images, targets = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    teacher_logits = torch.randn(8, 10)
+    trainee = Trainee(member(name, None), model, methods.build(name), torch.device("cpu"), Options())
+    images = {view: torch.randn(8, 3, 16, 16) for view in trainee.views}
+    targets = torch.randint(0, 10, (8,))
+    teacher_logits = {view: torch.randn(8, 10) for view in trainee.views}
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host sync inside the training step")
@@ -209,7 +215,7 @@ def test_the_training_step_never_syncs_with_the_host(name, monkeypatch):
 
 
 def test_bf16_and_channels_last_train(splits):
-    run = Cohort(dataset=SPEC, seed=0, members=[member("dkd", None, epochs=1)], teacher="resnet8",
-                 teacher_model=teacher_model(), options=Options(precision="bf16", channels_last=True))
+    run = CohortSpec(dataset=SPEC, seed=0, members=[member("dkd", None, epochs=1)], teacher=TEACHER,
+                     teacher_model=teacher_model(), options=Options(precision="bf16", channels_last=True))
     (result,) = train_cohort(run, "cpu", data=splits)
     assert result.status == "done" and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]

@@ -15,6 +15,7 @@ import torch
 
 from kdbench.data.cifar100 import Cifar100
 from kdbench.data.loaders import TrainLoader
+from kdbench.devices import synchronize
 
 
 class _PilImages(torch.utils.data.Dataset):
@@ -34,23 +35,18 @@ class _PilImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.targets[i])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_on_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, batch_size: int) -> float:
     loader = TrainLoader(images.to(device), targets.to(device), batch_size=batch_size, seed=0,
                          mean=Cifar100.mean, std=Cifar100.std)
     for step, _ in enumerate(loader.epoch(0)):  # warm-up: allocator, kernels, thread pool
         if step == 20:
             break
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     checksum = torch.zeros((), device=device)
     for batch, _, _ in loader.epoch(1):
         checksum += batch[0, 0, 0, 0]  # touch every batch so nothing is skipped lazily
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

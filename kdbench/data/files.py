@@ -10,7 +10,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kdbench.errors import KdbenchError
@@ -25,33 +25,64 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def unsafe_member(member: tarfile.TarInfo, top: str) -> str | None:
+    """Why an archive member must not be unpacked (only files and folders under `top/`), or None."""
+    name = member.name
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in parts or ".." in Path(name).parts:
+        return "'..' in the path"
+    if member.issym():
+        return f"symbolic link to '{member.linkname}'"
+    if member.islnk():
+        return f"hard link to '{member.linkname}'"
+    if not (member.isfile() or member.isdir()):
+        return "not a regular file or folder (a device, a FIFO...)"
+    if not parts or parts[0] != top:
+        return f"outside the '{top}/' folder"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def safe_extract_tar(archive: Path, dest: Path, top: str) -> Path:
     """Unpack the `top/` folder of a tar archive into `dest`, refusing unsafe members.
 
-    Only regular files and folders under `top/` are accepted (no links, devices, absolute
-    paths or `..`). The folder appears whole or not at all: it is unpacked into a
-    temporary folder beside it and renamed into place. Returns `dest / top`.
+    This is kdbench's one extractor, for every archive. Only regular files and folders
+    under `top/` are accepted: no links, devices, absolute paths or `..`; a member breaking
+    the rule is named in a one-line error and nothing is unpacked. The folder appears whole
+    or not at all: it is unpacked into a temporary folder beside it and renamed into place.
+    Returns `dest / top`.
     """
     target = dest / top
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise KdbenchError(f"{archive}: not a readable tar archive ({type(exc).__name__}: {_one_line(exc)}); "
+                           "delete it and fetch it again") from None
+    if not any(m.name.rstrip("/") == top or m.name.startswith(f"{top}/") for m in members):
+        raise KdbenchError(f"{archive}: has no '{top}/' folder; is it the right archive?")
+    for member in members:
+        why = unsafe_member(member, top)
+        if why:
+            raise KdbenchError(f"{archive}: refusing to unpack '{member.name}': unsafe member, {why}")
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{top}.", dir=dest))
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 members = tar.getmembers()
-                for m in members:
-                    parts = Path(m.name).parts
-                    if (m.name.startswith(("/", "\\")) or ".." in parts or not parts or parts[0] != top
-                            or not (m.isfile() or m.isdir())):
-                        raise KdbenchError(f"{archive}: unsafe or unexpected member '{m.name}'; refusing to unpack")
                 if hasattr(tarfile, "data_filter"):
                     tar.extractall(tmp, members=members, filter="data")
                 else:  # Python < 3.11.4; every member was checked above
                     tar.extractall(tmp, members=members)
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise KdbenchError(f"{archive}: cannot unpack ({type(exc).__name__}: {exc}); delete it and fetch it again") from None
-        if not (tmp / top).is_dir():
-            raise KdbenchError(f"{archive}: has no '{top}/' folder; is it the right archive?")
+            raise KdbenchError(f"{archive}: cannot unpack ({type(exc).__name__}: {_one_line(exc)}); "
+                               "delete it and fetch it again") from None
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp / top, target)

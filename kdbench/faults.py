@@ -1,0 +1,45 @@
+"""Which faults are one member's and which stop a whole cohort; `KDBENCH_DEBUG` for debuggers.
+
+A member's fault (a bug in its method, a corrupt checkpoint of its own, a non-finite loss)
+fails that member and leaves the others training. A fault of the cohort (its teacher, out
+of memory, a CUDA error that poisons the context, a collective that broke under DDP) stops
+the cohort with every member left resumable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+#: Set to 1 to re-raise instead of recording failures, so that a debugger stops at the fault.
+DEBUG_ENV = "KDBENCH_DEBUG"
+
+# Messages of errors that leave the device or the process group unusable.
+_CONTEXT_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "NCCL", "device-side assert",
+                   "illegal memory access", "Connection closed by peer", "Connection reset by peer")
+
+
+class CohortFault(Exception):
+    """A fault that is not one member's: the cohort stops, its members stay resumable."""
+
+
+def is_cohort_fault(exc: BaseException) -> bool:
+    """True for out-of-memory, errors that poison the CUDA context, and broken collectives."""
+    if isinstance(exc, (CohortFault, MemoryError, torch.OutOfMemoryError)):
+        return True
+    if isinstance(exc, RuntimeError) and any(text in str(exc) for text in _CONTEXT_ERRORS):
+        return True
+    return type(exc).__name__ == "DistBackendError"
+
+
+def debugging() -> bool:
+    """True when `KDBENCH_DEBUG=1`: failures re-raise instead of being recorded."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def reraise_for_debugging() -> None:
+    """Inside an `except` block: re-raise the exception being handled when debugging."""
+    if debugging() and sys.exc_info()[1] is not None:
+        raise

@@ -1,0 +1,198 @@
+"""One cohort member: what to train (`Member`) and its live state while training (`Trainee`).
+
+A trainee holds its student, its method (the loss, with any learnable parameters), its SGD
+optimizer and LR schedule, and on-device accumulators for the epoch's loss, accuracy,
+terms and first non-finite step. Its `step` never syncs with the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from kdbench import distributed, methods, models
+from kdbench.precision import autocast
+from kdbench.recipe import Options, Schedule
+from kdbench.records import Failure, now_iso
+
+#: The standard augmented view of each image: the one every method trains on.
+WEAK = "weak"
+
+
+@dataclass
+class Member:
+    """One run of a cohort: a student trained with a method under its own schedule.
+
+    `out_dir` receives the run's files (None keeps everything in memory). `config` is the
+    resolved run config: resuming under a different one is refused. `record` holds the
+    summary fields only the caller knows (grid, cohort, variant).
+    """
+
+    run_id: str
+    student: str
+    method: str
+    hparams: dict[str, Any]
+    schedule: Schedule
+    out_dir: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def init_seed(seed: int, arch: str) -> int:
+    """Seed for a student's initial weights: the same (seed, arch) gives the same weights."""
+    return int.from_bytes(hashlib.sha256(f"init:{seed}:{arch}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def build_student(arch: str, seed: int, num_classes: int, in_channels: int) -> nn.Module:
+    """A student initialised from a generator seeded by (seed, arch), untouched global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(seed, models.canonical(arch)))
+        return models.build(arch, num_classes=num_classes, in_channels=in_channels)
+
+
+def build_method(name: str, hparams: dict[str, Any], seed: int) -> nn.Module:
+    """The member's loss, with any learnable parameters initialised from (seed, method)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(seed, f"method:{name}"))
+        return methods.build(name, **hparams)
+
+
+def views_of(method: nn.Module) -> tuple[str, ...]:
+    """The augmented views a method trains on (`views`, default the weak view only)."""
+    return tuple(getattr(method, "views", (WEAK,)))
+
+
+class Trainee:
+    """A member's live state: model, method, optimizer, progress and on-device accumulators."""
+
+    def __init__(self, member: Member, model: nn.Module, method: nn.Module, device: torch.device, options: Options):
+        self.member = member
+        self.model = model
+        self.method = method
+        self.device = device
+        self.views = views_of(method)
+        self.multi_view = hasattr(method, "views")
+        self.needs_teacher = methods.needs_teacher(method)
+        params = list(model.parameters()) + list(method.parameters())
+        self.optimizer = torch.optim.SGD(
+            params, lr=member.schedule.lr_at(1), momentum=member.schedule.momentum,
+            weight_decay=member.schedule.weight_decay,
+        )
+        self.forward: Callable[[Tensor], Tensor] = distributed.wrap(model, device)
+        self.compile_pending = options.compile
+        # Progress, restored from the checkpoint on resume.
+        self.epochs_done = 0
+        self.history: list[dict[str, Any]] = []
+        self.wall_seconds = 0.0
+        self.started_at = now_iso()
+        self.sessions: list[dict[str, Any]] = []
+        self.failure: Failure | None = None
+        self.partial: dict[str, Any] | None = None
+        self.term_names: list[str] | None = None
+        # The epoch's accumulators, on the device.
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.term_sums: Tensor | None = None
+        self.first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self.bad_terms: Tensor | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.member.run_id
+
+    def reset_accumulators(self) -> None:
+        """Zero the epoch's accumulators."""
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.term_sums = None
+        # Step (1-based) of the first non-finite loss this epoch, -1 if none, and its terms.
+        self.first_bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        self.bad_terms = None
+
+    def accumulators(self) -> dict[str, Any]:
+        """The accumulators, as a mid-epoch checkpoint stores them."""
+        return {
+            "loss_sum": self.loss_sum, "correct": self.correct, "term_sums": self.term_sums,
+            "first_bad_step": self.first_bad_step, "bad_terms": self.bad_terms, "term_names": self.term_names,
+        }
+
+    def load_accumulators(self, state: dict[str, Any]) -> None:
+        """Restore the accumulators of a mid-epoch checkpoint."""
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(self.device)
+
+        self.loss_sum, self.correct = move(state["loss_sum"]), move(state["correct"])
+        self.term_sums, self.first_bad_step = move(state["term_sums"]), move(state["first_bad_step"])
+        self.bad_terms, self.term_names = move(state["bad_terms"]), state["term_names"]
+
+    def set_epoch_lr(self, epoch: int) -> float:
+        """Set the optimizer's LR for 1-based `epoch`; return it."""
+        lr = self.member.schedule.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def step(self, images: dict[str, Tensor], targets: Tensor, teacher_logits: dict[str, Tensor], epoch: int,
+             step: int, precision: str) -> None:
+        """One SGD step on the batch; `images` and `teacher_logits` are keyed by view."""
+        with autocast(self.device, precision):
+            logits = {view: self._forward(images[view]) for view in self.views}
+        with torch.autocast(self.device.type, enabled=False):
+            if self.multi_view:
+                terms = self.method({v: logits[v].float() for v in self.views},
+                                    {v: teacher_logits[v].float() for v in self.views} if self.needs_teacher else {},
+                                    targets, epoch=epoch)
+            else:
+                teacher = teacher_logits[WEAK].float() if self.needs_teacher else logits[WEAK].new_zeros(())
+                terms = self.method(logits[WEAK].float(), teacher, targets, epoch=epoch)
+        if self.term_names is None:
+            self.term_names = list(terms)
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        # Everything below stays on the device: no host sync in the step.
+        detached = loss.detach().float()
+        self.loss_sum += detached
+        self.correct += (logits[WEAK].detach().argmax(dim=1) == targets).sum()
+        self.term_sums = values if self.term_sums is None else self.term_sums + values
+        first_bad = (~torch.isfinite(detached)) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(first_bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+        self.bad_terms = values if self.bad_terms is None else torch.where(first_bad, values, self.bad_terms)
+
+    def epoch_scalars(self) -> dict[str, float]:
+        """The method's per-epoch scalars (`epoch_scalars()`), as `method_<name>` metrics fields."""
+        report = getattr(self.method, "epoch_scalars", None)
+        if report is None:
+            return {}
+        return {f"method_{k}": float(v) for k, v in report().items()}
+
+    def _forward(self, images: Tensor) -> Tensor:
+        if self.compile_pending:
+            self.compile_pending = False
+            try:
+                compiled = torch.compile(self.forward)
+                logits = compiled(images)
+                self.forward = compiled
+                return logits
+            except Exception as exc:  # compile support varies by platform; eager is always correct
+                warn_once(f"torch.compile is unavailable here ({type(exc).__name__}); training eagerly")
+        return self.forward(images)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A RuntimeWarning, at most once per process for the same message."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
