@@ -37,5 +37,7 @@ class CTKD(nn.Module):
         t = self.t_start + self.t_end * torch.sigmoid(reversed_theta)
         if self.standardize:
             student_logits, teacher_logits = losses.standardize(student_logits), losses.standardize(teacher_logits)
-        terms["kd"] = self.kd_weight * losses.kd_divergence(student_logits, teacher_logits, t)
+        # KD reduced as the official code does: θ's float32 gradient, a sum that mostly cancels, then rounds alike.
+        kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1), reduction="batchmean")
+        terms["kd"] = self.kd_weight * (kl * t * t)
         return terms
