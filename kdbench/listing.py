@@ -1,12 +1,20 @@
-"""`kdbench list methods|models|datasets`: rich tables of what is registered."""
+"""`kdbench list methods|models|datasets`: rich tables of what is registered; the README's method table.
+
+`python -m kdbench.listing README.md` rewrites the method table between the README's
+`<!-- methods:start -->` and `<!-- methods:end -->` markers from the registry.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 from rich.table import Table
 
 from kdbench.console import console
+
+README_START, README_END = "<!-- methods:start -->", "<!-- methods:end -->"
 
 
 def methods_table() -> Table:
@@ -20,8 +28,41 @@ def methods_table() -> Table:
     for name in methods.available():
         info = methods.describe(name)
         params = "\n".join(f"{p.name}: {p.type_name()} = {p.default!r}" for p in info.hparams) or "—"
-        table.add_row(name, info.summary, params)
+        views = methods.views_of(methods.method_class(name))
+        summary = info.summary + (f" [views: {', '.join(views)}]" if views else "")
+        table.add_row(name, summary, params)
     return table
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").strip() or "—"
+
+
+def _code_link(url: str) -> str:
+    match = re.match(r"https://github\.com/([^/]+/[^/]+)/", url)
+    return f"[{match.group(1)}]({url})" if match else _cell(url)
+
+
+def methods_markdown() -> str:
+    """The README's method table: every registered method, its loss, paper, official code and defaults."""
+    from kdbench import methods
+
+    lines = ["| method | loss | paper | official code | defaults |", "|:--|:--|:--|:--|:--|"]
+    for name in methods.available():
+        info = methods.describe(name)
+        paper, code = methods.reference(name)
+        defaults = ", ".join(f"`{p.name}={p.default!r}`" for p in info.hparams)
+        views = methods.views_of(methods.method_class(name))
+        summary = info.summary + (f" Views: {', '.join(views)}." if views else "")
+        lines.append(f"| `{name}` | {_cell(summary)} | {_cell(paper)} | {_code_link(code) if code else '—'} "
+                     f"| {defaults or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_methods(readme: str) -> str:
+    """`readme` with the text between the method-table markers replaced by `methods_markdown()`."""
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return readme[:start] + "\n" + methods_markdown() + readme[end:]
 
 
 def models_table(dataset: str) -> Table:
@@ -67,3 +108,17 @@ def cli_list(args: argparse.Namespace) -> int:
         table = datasets_table(args.data_dir)
     console().print(table)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the method table of the given README in place."""
+    parser = argparse.ArgumentParser(prog="python -m kdbench.listing",
+                                     description="Rewrite the README's method table from the method registry.")
+    parser.add_argument("readme", type=Path, help="the README holding the method-table markers")
+    path = parser.parse_args(argv).readme
+    path.write_text(readme_with_methods(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

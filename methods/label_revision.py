@@ -7,7 +7,7 @@ from kdbench.methods import register
 
 @register("label_revision")
 class LabelRevision(nn.Module):
-    """Label-corrected KD "LR": logit MSE where the teacher is right, revised-label MSE where wrong (Lan et al., 2024)."""
+    """Label-corrected KD "LR": logit MSE where the teacher is right, revised-label MSE where wrong (Lan et al., IEEE TCDS 2025)."""
 
     paper = "Lan et al., IEEE TCDS 2025, arXiv:2404.03693"
     code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/REVISION.py"

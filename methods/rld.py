@@ -7,7 +7,7 @@ from kdbench.methods import register
 
 @register("rld")
 class RLD(nn.Module):
-    """Refined Logit Distillation: CE + warm-up·(α·SCD + β·MCD) (Sun et al., 2024)."""
+    """Refined Logit Distillation: CE + warm-up·(α·SCD + β·MCD) (Sun et al., ICCV 2025)."""
 
     paper = "Sun et al., ICCV 2025, arXiv:2408.07703"
     code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/RLD.py"

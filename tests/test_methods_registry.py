@@ -265,3 +265,23 @@ def test_entry_points_are_loaded(monkeypatch, clean_registry):
     assert "entry_point_loss" in methods.available() and loaded == ["fake"]
     methods.available()
     assert loaded == ["fake"]  # loaded once
+
+
+def test_cli_lists_the_fourteen_methods_with_their_defaults():
+    result = run_cli("list", "methods")
+    assert result.returncode == 0, result.stderr
+    for name in BUILTINS:
+        assert f"│ {name} " in result.stdout, name
+    for line in ("lambda_epochs: int = 10", "ttm_weight: float = 45.0", "gamma: float = 3.5", "alpha: float = 2.25"):
+        assert line in result.stdout, line
+
+
+def test_readme_method_table_is_the_generated_one():
+    from kdbench import listing
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert listing.readme_with_methods(readme) == readme, "run: python -m kdbench.listing README.md"
+    table = listing.methods_markdown()
+    for name in BUILTINS:
+        assert f"| `{name}` |" in table
+    assert "[zhengli97/CTKD](https://github.com/zhengli97/CTKD/blob/" in table and "Views: weak, strong." in table
