@@ -25,7 +25,7 @@ from kdbench.progress import GridProgress
 from kdbench.records import Layout, RecordError, RunState
 from kdbench.states import final, run_state
 from kdbench.teacher_ref import TeacherRef, TeacherSource, recorded_teacher
-from kdbench.worker import Worker, identity, selected_runs
+from kdbench.worker import Worker
 from kdbench.worker_spec import WorkerSpec, load_grid
 
 
@@ -68,7 +68,7 @@ def heal_grid(layout: Layout, runs: list[plan.Run], grid_name: str) -> None:
     watch = LockWatch()
     for run in runs:
         if run_state(layout, run.run_id, watch)[0] == RunState.DAMAGED:
-            message = heal.heal(layout, run.run_id, identity(run, grid_name))
+            message = heal.heal(layout, run.run_id, run.summary_fields(grid_name))
             if message:
                 console().print(message, markup=False)
             for problem in heal.diagnose(layout, run.run_id):
@@ -83,7 +83,7 @@ def cli_run(args: argparse.Namespace) -> int:
     spec = WorkerSpec.from_args(args)
     grid = load_grid(spec)
     layout = Layout(Path(spec.results_dir), grid.name)
-    runs = selected_runs(grid, spec.only)
+    runs = plan.select(grid, spec.only)
     device_names = devices.parse_many(args.device)
     if args.dry_run:
         return print_plan(grid, runs, layout, device_names[0])

@@ -114,6 +114,14 @@ class Run:
     def __hash__(self) -> int:
         return hash(self.run_id)
 
+    def summary_fields(self, grid_name: str) -> dict[str, Any]:
+        """The summary fields the plan knows (for records written without training the run)."""
+        cfg = self.config
+        return {"grid": grid_name, "pair": self.pair, "teacher": self.teacher_arch, "student": self.student,
+                "method": self.method, "variant": self.variant, "hparams": cfg["hparams"], "seed": self.seed,
+                "schedule": cfg["schedule"], "options": cfg["options"], "epochs": cfg["schedule"]["epochs"],
+                "dataset": cfg["dataset"]["name"], "dataset_spec": cfg["dataset"]}
+
 
 def plan(grid: Grid) -> list[Run]:
     """Every run of `grid`: pairs in file order, then variants in file order, then seeds."""
@@ -134,6 +142,16 @@ def plan(grid: Grid) -> list[Run]:
                     raise KdbenchError(f"{grid.source}: {here} and {where[run.run_id]} are the same run ({run.run_id})")
                 where[run.run_id] = here
                 runs.append(run)
+    return runs
+
+
+def select(grid: Grid, only: str | None) -> list[Run]:
+    """The grid's runs; with `only`, those whose pair, variant or run_id contains it."""
+    runs = plan(grid)
+    if only:
+        runs = [r for r in runs if only in r.pair or only in r.variant or r.run_id.startswith(only)]
+        if not runs:
+            raise KdbenchError(f"--only {only}: no run's pair, variant or run_id matches")
     return runs
 
 

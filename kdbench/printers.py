@@ -63,11 +63,12 @@ def print_summary(grid: config.Grid, runs: list[plan.Run], layout: Layout, quiet
     for run in failed:
         summary = summaries[run.run_id]
         line = failure_line(summary, layout.run_dir(run.run_id)) if summary else "failed"
-        console().print(f"FAILED {run.run_id} {run.pair} {run.variant} seed {run.seed}: {line}", markup=False)
+        console().print(f"FAILED {run.run_id} {run.pair} {run.variant} seed {run.seed}: {line}", markup=False,
+                        soft_wrap=True)
     for run in runs:
         if states[run.run_id] == RunState.DAMAGED:
             console().print(f"DAMAGED {run.run_id} {run.pair} {run.variant} seed {run.seed}: "
-                            f"`kdbench verify {grid.source}` says why", markup=False)
+                            f"`kdbench verify {grid.source}` says why", markup=False, soft_wrap=True)
     return 1 if failed else 0
 
 

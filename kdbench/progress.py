@@ -45,7 +45,7 @@ class GridProgress:
     def log(self, message: str) -> None:
         """A line above the bars, or a plain line."""
         if not self.quiet:
-            console().print(f"{self.prefix}{message}", markup=False, highlight=False)
+            console().print(f"{self.prefix}{message}", markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         """Stop the live display."""

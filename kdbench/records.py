@@ -334,6 +334,19 @@ def write_failure(run_dir: Path, config: dict[str, Any], summary: Summary) -> No
     write_summary(run_dir, summary)
 
 
+def record_failure(run_dir: Path, config: dict[str, Any], identity: dict[str, Any], failure: Failure) -> None:
+    """Record a run as failed without training it; its summary keeps what it already says
+    (or, if it has none or a damaged one, the `identity` fields)."""
+    try:
+        summary = read_summary(run_dir)
+    except RecordError:
+        summary = None
+    if summary is None:
+        summary = Summary(run_id=Path(run_dir).name, status=Status.FAILED, **identity)
+    summary.status, summary.failure, summary.finished_at = Status.FAILED, failure, now_iso()
+    write_failure(run_dir, config, summary)
+
+
 def write_error_log(run_dir: Path, failure: Failure, exc: BaseException | None, context: str) -> str:
     """Write the run's `error.log`: what was being done, the failure as one JSON line, and the
     exception's full traceback. Returns the file's name (for `Failure.error_log`).

@@ -109,18 +109,6 @@ def build_data(dataset: dict[str, Any] | str, *, root: Path, device: torch.devic
                       eval_batch_size=options.eval_batch_size, channels_last=options.channels_last)
 
 
-def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-        return None
-    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-        old, new = list(old), list(new)
-    return None if old == new else (path or "<root>", old, new)
-
-
 class _CohortTrainer:
     """Owns the loop of `train_cohort`; one instance per call."""
 
@@ -200,35 +188,9 @@ class _CohortTrainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            raise records.RecordError(f"{path}: cannot read the checkpoint ({records.exception_reason(exc)}); "
-                                      "`kdbench run --retry-failed` starts this run again") from None
-        if not isinstance(state, dict) or "model" not in state:
-            raise records.RecordError(f"{path}: not a kdbench checkpoint")
-        difference = _first_difference(state.get("config", {}), trainee.member.config)
-        if difference:
-            key, old, new = difference
-            raise records.RecordError(f"{path}: cannot resume under a changed config: '{key}' was {old!r}, now {new!r}")
-        recorded, current = state.get("teacher_sha256"), self.cohort.teacher_sha256
-        if recorded and current and recorded != current:
-            raise records.RecordError(
-                f"teacher {self.cohort.teacher.label} changed: SHA-256 {current[:16]}… differs from "
-                f"{recorded[:16]}… recorded by this run; it is not resumed on another teacher "
-                "(`kdbench run --retry-failed` retrains it on the new teacher)")
-        trainee.model.load_state_dict(state["model"])
-        trainee.optimizer.load_state_dict(state["optimizer"])
-        if state.get("method"):
-            trainee.method.load_state_dict(state["method"])
-        trainee.epochs_done = state["epoch"]
-        trainee.history = list(state["history"])
-        trainee.wall_seconds = state.get("wall_seconds", 0.0)
-        trainee.started_at = state.get("started_at", trainee.started_at)
-        trainee.failure = Failure.from_json(state.get("failure"))
-        trainee.partial = state.get("partial")
-        trainee.sessions = list(state.get("sessions", []))
-        if state.get("rng") is not None:
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            if "cuda" in state["rng"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+            raise records.RecordError(f"cannot read the checkpoint ({records.exception_reason(exc)}); "
+                                      "`kdbench run --retry-failed` starts this run again", path) from None
+        trainee.restore(state, path, self.cohort.teacher_sha256, self.cohort.teacher)
 
     # ----- failures -----------------------------------------------------------------
     def _fail(self, trainee: Trainee, exc: BaseException, epoch: int, step: int | None, stage: str) -> None:
@@ -397,29 +359,14 @@ class _CohortTrainer:
         self.reporter.epoch_done(epoch, rows)
 
     # ----- records -------------------------------------------------------------------
-    def _checkpoint_state(self, trainee: Trainee, status: Status) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
-            "model": trainee.model.state_dict(), "optimizer": trainee.optimizer.state_dict(),
-            "method": trainee.method.state_dict(), "epoch": trainee.epochs_done, "history": trainee.history,
-            "wall_seconds": trainee.wall_seconds, "started_at": trainee.started_at,
-            "failure": None if trainee.failure is None else trainee.failure.to_json(),
-            "rng": rng, "config": trainee.member.config, "data_seed": self.cohort.seed, "partial": None,
-            "sessions": trainee.sessions, "teacher_sha256": self.cohort.teacher_sha256,
-            # Enough to rebuild summary.json should it be damaged.
-            "record": json.loads(json.dumps(self._summary(trainee, status).to_json())),
-        }
-
     def _save_checkpoint(self, trainee: Trainee, status: Status = Status.RUNNING,
                          partial: dict[str, Any] | None = None) -> None:
         path = self._checkpoint_path(trainee)
         if path is None or not distributed.is_main():
             return
-        state = self._checkpoint_state(trainee, status)
-        state["partial"] = partial
-        atomic.torch_save(path, state)
+        # The summary travels in the checkpoint too: enough to rebuild summary.json should it be damaged.
+        record = json.loads(json.dumps(self._summary(trainee, status).to_json()))
+        atomic.torch_save(path, trainee.checkpoint(self.cohort.seed, self.cohort.teacher_sha256, record, partial))
 
     def _write_records(self, trainee: Trainee, status: Status) -> None:
         out = trainee.member.out_dir

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from kdbench import distributed, methods, models
 from kdbench.precision import autocast
 from kdbench.recipe import Options, Schedule
-from kdbench.records import Failure, now_iso
+from kdbench.records import Failure, RecordError, now_iso
 
 #: The standard augmented view of each image: the one every method trains on.
 WEAK = "weak"
@@ -144,12 +144,13 @@ class Trainee:
         with autocast(self.device, precision):
             logits = {view: self._forward(images[view]) for view in self.views}
         with torch.autocast(self.device.type, enabled=False):
+            # Without a teacher forward (none in the cohort, or the method needs none) the
+            # method gets an empty teacher: a 0-d zero, or an empty dict of views.
             if self.multi_view:
-                terms = self.method({v: logits[v].float() for v in self.views},
-                                    {v: teacher_logits[v].float() for v in self.views} if self.needs_teacher else {},
-                                    targets, epoch=epoch)
+                teacher = {v: teacher_logits[v].float() for v in self.views if v in teacher_logits}
+                terms = self.method({v: logits[v].float() for v in self.views}, teacher, targets, epoch=epoch)
             else:
-                teacher = teacher_logits[WEAK].float() if self.needs_teacher else logits[WEAK].new_zeros(())
+                teacher = teacher_logits[WEAK].float() if WEAK in teacher_logits else logits[WEAK].new_zeros(())
                 terms = self.method(logits[WEAK].float(), teacher, targets, epoch=epoch)
         if self.term_names is None:
             self.term_names = list(terms)
@@ -167,6 +168,51 @@ class Trainee:
         first_bad = (~torch.isfinite(detached)) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(first_bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
         self.bad_terms = values if self.bad_terms is None else torch.where(first_bad, values, self.bad_terms)
+
+    def checkpoint(self, data_seed: int, teacher_sha256: str | None, record: dict[str, Any],
+                   partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything `restore` needs to resume exactly, plus the run's summary (`record`)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(), "epoch": self.epochs_done, "history": self.history,
+            "wall_seconds": self.wall_seconds, "started_at": self.started_at,
+            "failure": None if self.failure is None else self.failure.to_json(),
+            "rng": rng, "config": self.member.config, "data_seed": data_seed, "partial": partial,
+            "sessions": self.sessions, "teacher_sha256": teacher_sha256, "record": record,
+        }
+
+    def restore(self, state: Any, path: Path, teacher_sha256: str | None, teacher: Any) -> None:
+        """Resume from a checkpoint; `RecordError` if it is not this run's or its teacher changed."""
+        if not isinstance(state, dict) or "model" not in state:
+            raise RecordError("not a kdbench checkpoint", path)
+        difference = _first_difference(state.get("config", {}), self.member.config)
+        if difference:
+            key, old, new = difference
+            raise RecordError(f"cannot resume under a changed config: '{key}' was {old!r}, now {new!r}", path)
+        recorded = state.get("teacher_sha256")
+        if recorded and teacher_sha256 and recorded != teacher_sha256:
+            raise RecordError(
+                f"teacher {teacher.label} changed: SHA-256 {teacher_sha256[:16]}… differs from {recorded[:16]}… "
+                "recorded by this run; it is not resumed on another teacher "
+                "(`kdbench run --retry-failed` retrains it on the new teacher)", path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("method"):
+            self.method.load_state_dict(state["method"])
+        self.epochs_done = state["epoch"]
+        self.history = list(state["history"])
+        self.wall_seconds = state.get("wall_seconds", 0.0)
+        self.started_at = state.get("started_at", self.started_at)
+        self.failure = Failure.from_json(state.get("failure"))
+        self.partial = state.get("partial")
+        self.sessions = list(state.get("sessions", []))
+        if state.get("rng") is not None:
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if "cuda" in state["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
 
     def epoch_scalars(self) -> dict[str, float]:
         """The method's per-epoch scalars (`epoch_scalars()`), as `method_<name>` metrics fields."""
@@ -186,6 +232,18 @@ class Trainee:
             except Exception as exc:  # compile support varies by platform; eager is always correct
                 warn_once(f"torch.compile is unavailable here ({type(exc).__name__}); training eagerly")
         return self.forward(images)
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+    return None if old == new else (path or "<root>", old, new)
 
 
 _warned: set[str] = set()

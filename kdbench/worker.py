@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,8 +25,9 @@ from kdbench.worker_spec import WorkerSpec, load_grid, prepare_process
 from kdbench.models import sha256_file
 from kdbench.progress import GridProgress
 from kdbench.recipe import Options, Schedule
-from kdbench.records import Failure, Layout, RunState, Status, Summary, now_iso
+from kdbench.records import Failure, Layout, RunState, Status
 from kdbench.states import config_problem, run_state
+from kdbench.stopping import StopFlag
 from kdbench.teacher_ref import TeacherChanged, TeacherRef, record_teacher, verify_teacher
 from kdbench.trainee import Member
 from kdbench.train import CohortSpec, TrainingInterrupted, build_data, train_cohort
@@ -54,68 +54,6 @@ class WorkerOutcome:
         return 1 if self.failed or self.stopped or self.aborted else 0
 
 
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the trainer checks it between steps and checkpoints mid-epoch."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def install(self) -> None:
-        """Handle SIGINT and SIGTERM (in the main thread only)."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def restore(self) -> None:
-        """Put the previous handlers back."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-
-def selected_runs(grid: config.Grid, only: str | None) -> list[plan.Run]:
-    """The grid's runs; with `only`, those whose pair, variant or run_id contains it."""
-    runs = plan.plan(grid)
-    if only:
-        runs = [r for r in runs if only in r.pair or only in r.variant or r.run_id.startswith(only)]
-        if not runs:
-            raise KdbenchError(f"--only {only}: no run's pair, variant or run_id matches")
-    return runs
-
-
-def identity(run: plan.Run, grid_name: str) -> dict[str, Any]:
-    """The summary fields the plan knows about a run (for records written outside training)."""
-    cfg = run.config
-    return {"grid": grid_name, "pair": run.pair, "teacher": run.teacher_arch, "student": run.student,
-            "method": run.method, "variant": run.variant, "hparams": cfg["hparams"], "seed": run.seed,
-            "schedule": cfg["schedule"], "options": cfg["options"], "epochs": cfg["schedule"]["epochs"],
-            "dataset": cfg["dataset"]["name"], "dataset_spec": cfg["dataset"]}
-
-
-def record_failure(layout: Layout, run: plan.Run, grid_name: str, failure: Failure) -> None:
-    """Record `run` as failed without training it (its summary keeps what it already says)."""
-    out = layout.run_dir(run.run_id)
-    try:
-        summary = records.read_summary(out)
-    except records.RecordError:
-        summary = None
-    if summary is None:
-        summary = Summary(run_id=run.run_id, status=Status.FAILED, **identity(run, grid_name))
-    summary.status, summary.failure, summary.finished_at = Status.FAILED, failure, now_iso()
-    records.write_failure(out, run.config, summary)
-
-
 class Worker:
     """Claims and trains the runs of one grid on one device until none is left to claim."""
 
@@ -127,7 +65,7 @@ class Worker:
         self.layout = Layout(Path(spec.results_dir), self.grid.name)
         self.data_root = data.resolve_root(spec.data_dir, self.grid.data_root)
         self.device = spec.device or "cpu"
-        self.runs = selected_runs(self.grid, spec.only)
+        self.runs = plan.select(self.grid, spec.only)
         self.by_id = {r.run_id: r for r in self.runs}
         self.owner = locks.Owner.me()
         self.watch = locks.LockWatch()
@@ -200,7 +138,7 @@ class Worker:
         if problem:
             self._warn_once(run.run_id, f"warning: {problem}; {heal.LEAVE_ALONE[len('`kdbench run` '):]}")
             return RunState.DAMAGED, 0
-        message = heal.heal(self.layout, run.run_id, identity(run, self.grid.name))
+        message = heal.heal(self.layout, run.run_id, run.summary_fields(self.grid.name))
         if message:
             self._log(message)
         state, epochs = run_state(self.layout, run.run_id, self.watch)
@@ -345,7 +283,7 @@ class Worker:
                           f"{exc.recorded[:16]}… for these runs, retrained from scratch")
                 return True, exc.found
             for run in runs:
-                record_failure(self.layout, run, self.grid.name, Failure(reason=str(exc)))
+                records.record_failure(self.layout.run_dir(run.run_id), run.config, run.summary_fields(self.grid.name), Failure(reason=str(exc)))
                 outcome.failed.append(run.run_id)
             self._log(f"failed: {len(runs)} runs: {exc}")
             return False, None
@@ -431,7 +369,7 @@ class Worker:
             self.no_progress[run.run_id] = attempts
             if attempts >= MAX_ATTEMPTS_WITHOUT_PROGRESS:
                 why = f"no progress in {attempts} attempts in a row" + (f" (last: {reason})" if reason else "")
-                record_failure(self.layout, run, self.grid.name, Failure(reason=why))
+                records.record_failure(self.layout.run_dir(run.run_id), run.config, run.summary_fields(self.grid.name), Failure(reason=why))
                 outcome.failed.append(run.run_id)
                 self._log(f"failed: {run.run_id} {run.variant}: {why}")
 
