@@ -19,9 +19,10 @@ def test_every_grid_is_valid(path):
 def test_the_paper_grid():
     grid = config.load_grid(EXPERIMENTS / "cifar100_grid.yaml")
     runs = plan.plan(grid)
-    assert len({r.pair for r in runs}) == 14 and len({r.variant for r in runs}) == 7 and grid.seeds == [0, 1, 2]
-    assert len(runs) == 14 * 7 * 3
-    assert {r.variant for r in runs} == {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld"}
+    assert len({r.pair for r in runs}) == 14 and len({r.variant for r in runs}) == 14 and grid.seeds == [0, 1, 2]
+    assert len(runs) == 14 * 14 * 3
+    assert {r.variant for r in runs} == {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld",
+                                         "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd"}
     assert len(plan.cohorts(runs)) == 6 * 3  # one cohort per teacher and seed
     beta = {r.pair: r.config["hparams"]["beta"] for r in runs if r.method == "dkd"}
     assert beta["resnet56->resnet20"] == beta["resnet110->resnet32"] == beta["resnet110->resnet20"] == 2.0
