@@ -201,6 +201,10 @@ class TrainLoader(_SplitOnDevice):
         g.manual_seed(epoch_seed(self.seed, epoch))
         return g
 
+    def _order(self, g: torch.Generator) -> torch.Tensor:
+        """The epoch's permutation: always the first draw of the epoch's generator."""
+        return torch.randperm(self.num_samples, generator=g, device=self.device)
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield the batches of epoch `epoch` as `(images, targets, indices)`.
 
@@ -210,7 +214,7 @@ class TrainLoader(_SplitOnDevice):
         """
         n, dev = self.num_samples, self.device
         g = self.generator(epoch)
-        order = torch.randperm(n, generator=g, device=dev)
+        order = self._order(g)
         offset_y = torch.randint(0, 2 * self.pad + 1, (n,), generator=g, device=dev)
         offset_x = torch.randint(0, 2 * self.pad + 1, (n,), generator=g, device=dev)
         flips = torch.rand(n, generator=g, device=dev) < 0.5
