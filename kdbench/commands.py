@@ -17,8 +17,9 @@ import yaml
 from kdbench import atomic, config, devices, distributed, heal, plan, records
 from kdbench.console import console
 from kdbench.errors import KdbenchError
+from kdbench.faults import writing
 from kdbench.launch import SlurmOptions, combined_exit_code, run_on_devices, submit_slurm
-from kdbench.locks import LockWatch
+from kdbench.locks import LockState, LockWatch
 from kdbench.models import sha256_file
 from kdbench.printers import print_plan, print_status, print_summary
 from kdbench.progress import GridProgress
@@ -73,7 +74,8 @@ def heal_grid(layout: Layout, runs: list[plan.Run], grid_name: str) -> None:
                 console().print(message, markup=False)
             for problem in heal.diagnose(layout, run.run_id):
                 if problem.action == heal.LEAVE_ALONE:
-                    console().print(f"warning: {problem.what}; the run is left alone", markup=False)
+                    console().print(f"warning: {problem.what}; the run is left alone (restore its config.yaml, "
+                                    "or delete its folder to train it again)", markup=False, soft_wrap=True)
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -88,14 +90,17 @@ def cli_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return print_plan(grid, runs, layout, device_names[0])
     check_writable(layout.grid_dir)
-    keep_grid_copy(grid, layout)
     data_root = data.resolve_root(spec.data_dir, grid.data_root)
-    if distributed.is_main() and not getattr(args, "worker", False):
-        heal_grid(layout, runs, grid.name)
+    with writing():
+        keep_grid_copy(grid, layout)
+        if distributed.is_main() and not getattr(args, "worker", False):
+            heal_grid(layout, runs, grid.name)
     watch = LockWatch()
     states = {r.run_id: run_state(layout, r.run_id, watch)[0] for r in runs}
+    # Runs held by another host (or by an unreadable lock) are waited for: the lock may be abandoned.
     todo = [r for r in runs if states[r.run_id] in (RunState.NEW, RunState.PARTIAL)
-            or (states[r.run_id] == RunState.FAILED and spec.retry_failed)]
+            or (states[r.run_id] == RunState.FAILED and spec.retry_failed)
+            or (states[r.run_id] == RunState.RUNNING and watch.observe(layout.lock(r.run_id)).foreign)]
     if not todo and not getattr(args, "worker", False):
         running = sum(1 for s in states.values() if s == RunState.RUNNING)
         if running:
@@ -204,57 +209,61 @@ def cli_verify(args: argparse.Namespace) -> int:
     """The `kdbench verify` subcommand: one line per problem of every run folder; exit 1 if any."""
     from kdbench import data
 
-    problems = 0
-    checked = 0
+    problems = checked = 0
     for name, layout, rows in _grids(args):
-        grid_root = None
-        if args.grid and Path(args.grid).is_file():
-            grid_root = load_grid(WorkerSpec(grid_path=args.grid)).data_root
+        grid_root = load_grid(WorkerSpec(grid_path=args.grid)).data_root if args.grid and Path(args.grid).is_file() else None
         data_root = data.resolve_root(args.data_dir, grid_root)
         watch = LockWatch()
+        teachers: dict[Path, TeacherRef] = {}
         for run_id, *_ in rows:
             run_dir = layout.run_dir(run_id)
             if not run_dir.exists():
                 continue
             checked += 1
             lines = [p.line() for p in heal.diagnose(layout, run_id)]
-            lines += _teacher_problems(layout, run_id, data_root)
+            ref, line = _run_teacher(layout, run_id, data_root)
+            if ref is not None:
+                teachers[ref.path] = ref
+            lines += [line] if line else []
             view = watch.observe(layout.lock(run_id))
-            if view.raw and view.content is None:
+            if view.state != LockState.FREE and view.content is None:
                 lines.append(f"{run_id}: lock file {layout.lock(run_id)} is unreadable → `kdbench run` takes it "
                              f"over once it has stayed unchanged for the stale period")
-            for line in lines:
-                console().print(line, markup=False, soft_wrap=True)
+            for text in lines:
+                console().print(text, markup=False, soft_wrap=True)
             problems += len(lines)
+        for ref in teachers.values():
+            entry = recorded_teacher(layout, ref)
+            if entry and ref.path.is_file() and _sha256(ref.path) != entry["sha256"]:
+                console().print(f"teacher {ref.label}: SHA-256 {_sha256(ref.path)[:16]}… differs from "
+                                f"{entry['sha256'][:16]}… recorded when it was {entry.get('how', 'first used')} → "
+                                "`kdbench run` fails the runs that need it; `--retry-failed` retrains them on it",
+                                markup=False, soft_wrap=True)
+                problems += 1
     console().print(f"verified {checked} run folders: {problems or 'no'} problem{'s' if problems != 1 else ''}")
     return 1 if problems else 0
 
 
-def _teacher_problems(layout: Layout, run_id: str, data_root: Path) -> list[str]:
-    """The run's recorded teacher hash against the teacher file now and the teacher's record."""
+def _run_teacher(layout: Layout, run_id: str, data_root: Path) -> tuple[TeacherRef | None, str | None]:
+    """The run's teacher file, and a line if a resumable run recorded another teacher than that file."""
     run_dir = layout.run_dir(run_id)
     try:
         summary = records.read_summary(run_dir)
         stored = yaml.safe_load((run_dir / records.CONFIG).read_text())
     except (RecordError, OSError, yaml.YAMLError):
-        return []
-    if summary is None or not summary.teacher_sha256 or not isinstance(stored, dict) or not stored.get("teacher"):
-        return []
+        return None, None
+    if not isinstance(stored, dict) or not stored.get("teacher"):
+        return None, None
     ref = TeacherRef.from_config(stored["teacher"], data_root, layout)
-    if ref is None or ref.path is None:
-        return []
-    entry = recorded_teacher(layout, ref)
-    recorded = entry["sha256"] if entry else None
-    if recorded and recorded != summary.teacher_sha256:
-        return [f"{run_id}: trained on teacher SHA-256 {summary.teacher_sha256[:16]}…, but {ref.label} is recorded "
-                f"as {recorded[:16]}… → this run's numbers come from another teacher than the grid's others"]
-    if ref.path.is_file():
-        found = _sha256(ref.path)
-        if found != summary.teacher_sha256 and summary.status != records.Status.DONE:
-            return [f"{run_id}: teacher {ref.label} has SHA-256 {found[:16]}…, the run recorded "
-                    f"{summary.teacher_sha256[:16]}… → `kdbench run` fails it instead of resuming on another teacher"]
-    return []
-
+    if ref is None or ref.path is None or not ref.path.is_file():
+        return None, None
+    if summary is None or summary.status != records.Status.RUNNING or not summary.teacher_sha256:
+        return ref, None
+    found = _sha256(ref.path)
+    if found == summary.teacher_sha256:
+        return ref, None
+    return ref, (f"{run_id}: teacher {ref.label} has SHA-256 {found[:16]}…, the run recorded "
+                 f"{summary.teacher_sha256[:16]}… → `kdbench run` fails it instead of resuming on another teacher")
 
 _hashes: dict[tuple[str, int, int], str] = {}
 

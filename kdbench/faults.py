@@ -8,10 +8,16 @@ the cohort with every member left resumable.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import torch
+
+from kdbench.errors import KdbenchError
 
 #: Set to 1 to re-raise instead of recording failures, so that a debugger stops at the fault.
 DEBUG_ENV = "KDBENCH_DEBUG"
@@ -21,8 +27,34 @@ _CONTEXT_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
                    "illegal memory access", "Connection closed by peer", "Connection reset by peer")
 
 
+#: Write errors that no retry fixes: the disk is full, or the folder is read-only or not ours.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 class CohortFault(Exception):
     """A fault that is not one member's: the cohort stops, its members stay resumable."""
+
+
+class StorageFault(KdbenchError):
+    """Results can't be written (disk full, read-only folder): the worker stops, exit code 2.
+
+    Writes are atomic, so the last good checkpoint and records stay as they were and the
+    same command resumes exactly once the cause is fixed.
+    """
+
+
+@contextmanager
+def writing(path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn a full disk or a read-only folder while writing `path` (default: the file the
+    error names) into a one-line `StorageFault`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        where = Path(path) if path is not None else exc.filename
+        raise StorageFault(f"cannot write {where}: {exc.strerror or exc}; fix that and run the same command "
+                           "again to resume from the last checkpoint") from None
 
 
 def is_cohort_fault(exc: BaseException) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from kdbench import config, devices, distributed, heal, locks, plan, records
 from kdbench.errors import KdbenchError
-from kdbench.faults import CohortFault, reraise_for_debugging
+from kdbench.faults import CohortFault, reraise_for_debugging, writing
 from kdbench.worker_spec import WorkerSpec, load_grid, prepare_process
 from kdbench.models import sha256_file
 from kdbench.progress import GridProgress
@@ -89,6 +89,11 @@ class Worker:
         outcome = WorkerOutcome()
         heartbeat = locks.Heartbeat(self.owner)
         self.stop.install()
+        with writing():  # a full disk or a read-only folder stops the worker in one line
+            self._loop(outcome, heartbeat)
+        return outcome
+
+    def _loop(self, outcome: WorkerOutcome, heartbeat: locks.Heartbeat) -> None:
         try:
             while True:
                 job = None
@@ -110,7 +115,6 @@ class Worker:
         finally:
             self.stop.restore()
             heartbeat.stop()
-        return outcome
 
     def _log(self, message: str) -> None:
         if self.progress is not None:
@@ -131,13 +135,13 @@ class Worker:
             if state in (RunState.NEW, RunState.PARTIAL) or (
                     state == RunState.FAILED and run.run_id in self.retryable and run.run_id not in self.given_up):
                 out.append((run, epochs if state != RunState.FAILED else 0))
+            elif state == RunState.RUNNING and self.watch.observe(self.layout.lock(run.run_id)).foreign:
+                out.append((run, epochs))  # another host's (or an unreadable) lock: watch it, it may be abandoned
         return out
 
     def _heal(self, run: plan.Run) -> tuple[RunState, int]:
-        problem = config_problem(self.layout.run_dir(run.run_id))
-        if problem:
-            self._warn_once(run.run_id, f"warning: {problem}; {heal.LEAVE_ALONE[len('`kdbench run` '):]}")
-            return RunState.DAMAGED, 0
+        if config_problem(self.layout.run_dir(run.run_id)):
+            return RunState.DAMAGED, 0  # never trained on; `kdbench run` warned about it once
         message = heal.heal(self.layout, run.run_id, run.summary_fields(self.grid.name))
         if message:
             self._log(message)
