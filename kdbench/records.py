@@ -167,6 +167,7 @@ class Summary:
     cohort_size: int | None = None
     device: str | None = None
     environment: dict[str, Any] | None = None
+    nondeterministic_ops: list[str] | None = None
     started_at: str | None = None
     finished_at: str | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)

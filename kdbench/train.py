@@ -14,6 +14,7 @@ member's (the teacher, out of memory, a poisoned CUDA context) raise `CohortFaul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -27,12 +28,14 @@ from torch import Tensor, nn
 from kdbench import atomic, distributed, models, records
 from kdbench.errors import KdbenchError
 from kdbench.evaluation import evaluate, teacher_correctness
-from kdbench.faults import CohortFault, is_cohort_fault, reraise_for_debugging
+from kdbench.faults import CohortFault, StorageFault, is_cohort_fault, reraise_for_debugging, writing
+from kdbench import precision as precisions
 from kdbench.precision import autocast
-from kdbench.provenance import environment
+from kdbench.provenance import NondeterminismRecorder, environment, set_deterministic
 from kdbench.recipe import Options
 from kdbench.records import Failure, Status, Summary, now_iso
 from kdbench.teacher_ref import TeacherRef
+from kdbench.tracking import Sinks, open_sinks
 from kdbench.trainee import WEAK, Member, Trainee, build_method, build_student
 
 
@@ -120,6 +123,10 @@ class _CohortTrainer:
         if len(schedules) != 1:
             raise ValueError(f"cohort members disagree on epochs/batch size: {sorted(schedules)}")
         (self.epochs, self.batch_size), = schedules
+        precisions.check(device, self.options.precision)
+        set_deterministic(device, self.options.deterministic)
+        self.recorder = NondeterminismRecorder() if self.options.deterministic else None
+        self.sinks: dict[str, Sinks] = {}
         self.data = data if data is not None else build_data(
             cohort.dataset, root=cohort.data_root, device=device, seed=cohort.seed, batch_size=self.batch_size,
             options=self.options)
@@ -205,12 +212,15 @@ class _CohortTrainer:
         reason = records.exception_reason(exc) if not isinstance(exc, (KdbenchError, records.RecordError)) else str(exc)
         failure = Failure(reason=reason, epoch=epoch, step=step)
         out = trainee.member.out_dir
+        trainee.failure = failure
+        if trainee.run_id in self.sinks:
+            self.sinks.pop(trainee.run_id).close(failed=True)
         if out is not None:
             where = f"run {trainee.run_id}, epoch {epoch}" + (f", step {step}" if step else "") + f": {stage}"
-            failure.error_log = records.write_error_log(Path(out), failure, exc, where)
-        trainee.failure = failure
-        if out is not None and distributed.is_main():
-            records.write_failure(Path(out), trainee.member.config, self._summary(trainee, Status.FAILED))
+            with writing(Path(out) / records.ERROR_LOG):
+                failure.error_log = records.write_error_log(Path(out), failure, exc, where)
+                if distributed.is_main():
+                    records.write_failure(Path(out), trainee.member.config, self._summary(trainee, Status.FAILED))
         if distributed.active():
             raise CohortFault(f"run {trainee.run_id} failed under DDP ({reason}); the cohort stops") from exc
 
@@ -229,12 +239,32 @@ class _CohortTrainer:
             trainee.sessions.append({"host": self.env["hostname"], "pid": os.getpid(), "started_at": now_iso(),
                                      "start_epoch": trainee.epochs_done})
             self._write_records(trainee, Status.RUNNING)
-        for epoch in range(start + 1, last + 1):
-            active = [t for t in active if t.failure is None]
-            if not active:
-                break
-            self._train_epoch(epoch, active)
+            self._open_sinks(trainee)
+        try:
+            with self.recorder or contextlib.nullcontext():
+                for epoch in range(start + 1, last + 1):
+                    active = [t for t in active if t.failure is None]
+                    if not active:
+                        break
+                    self._train_epoch(epoch, active)
+        finally:
+            for run_id, sinks in self.sinks.items():
+                sinks.close()
         return [self._result(t) for t in self.trainees]
+
+    def _open_sinks(self, trainee: Trainee) -> None:
+        """The member's tracking sinks (`options.log`), fed the same rows as metrics.jsonl."""
+        out = trainee.member.out_dir
+        if not self.options.log or out is None or not distributed.is_main():
+            return
+        record = trainee.member.record
+        ref = self.cohort.teacher
+        label = f"{ref.arch if ref else ''}->{trainee.member.student} {record.get('variant', trainee.member.method)} " \
+                f"seed {self.cohort.seed}"
+        self.sinks[trainee.run_id] = open_sinks(
+            self.options.log, out, run_config=trainee.member.config, run_id=trainee.run_id,
+            grid=record.get("grid") or "", cohort=record.get("cohort") or "", start_epoch=trainee.epochs_done,
+            label=label)
 
     def _views(self, active: list[Trainee]) -> tuple[list[str], list[str]]:
         """The views the students need, and those the teacher must see."""
@@ -322,9 +352,10 @@ class _CohortTrainer:
                 trainee.failure = Failure(reason="non-finite loss", epoch=epoch, step=int(first_bad),
                                           terms=dict(zip(trainee.term_names, trainee.bad_terms.tolist())))
                 if trainee.member.out_dir is not None:
-                    trainee.failure.error_log = records.write_error_log(
-                        Path(trainee.member.out_dir), trainee.failure, None,
-                        f"run {trainee.run_id}, epoch {epoch}, step {int(first_bad)}: the loss is not finite")
+                    with writing(Path(trainee.member.out_dir) / records.ERROR_LOG):
+                        trainee.failure.error_log = records.write_error_log(
+                            Path(trainee.member.out_dir), trainee.failure, None,
+                            f"run {trainee.run_id}, epoch {epoch}, step {int(first_bad)}: the loss is not finite")
                 continue
             row: dict[str, Any] = {"epoch": epoch, "lr": lrs[trainee.run_id],
                                    "train_loss": loss_sum / steps, "train_top1": 100.0 * correct / num_images}
@@ -347,6 +378,8 @@ class _CohortTrainer:
             trainee.wall_seconds += epoch_seconds
             if trainee.failure is not None:
                 self._write_records(trainee, Status.FAILED)
+                if trainee.run_id in self.sinks:
+                    self.sinks.pop(trainee.run_id).close(failed=True)
                 continue
             trainee.epochs_done = epoch
             row = rows[trainee.run_id]
@@ -356,6 +389,8 @@ class _CohortTrainer:
             status = Status.DONE if epoch == self.epochs else Status.RUNNING
             self._save_checkpoint(trainee, status=status)
             self._write_records(trainee, status)
+            if trainee.run_id in self.sinks:
+                self.sinks[trainee.run_id].log_epoch(row)
         self.reporter.epoch_done(epoch, rows)
 
     # ----- records -------------------------------------------------------------------
@@ -366,13 +401,15 @@ class _CohortTrainer:
             return
         # The summary travels in the checkpoint too: enough to rebuild summary.json should it be damaged.
         record = json.loads(json.dumps(self._summary(trainee, status).to_json()))
-        atomic.torch_save(path, trainee.checkpoint(self.cohort.seed, self.cohort.teacher_sha256, record, partial))
+        with writing(path):
+            atomic.torch_save(path, trainee.checkpoint(self.cohort.seed, self.cohort.teacher_sha256, record, partial))
 
     def _write_records(self, trainee: Trainee, status: Status) -> None:
         out = trainee.member.out_dir
         if out is None or not distributed.is_main():
             return
-        records.write_record(Path(out), trainee.member.config, trainee.history, self._summary(trainee, status))
+        with writing(Path(out) / records.SUMMARY):
+            records.write_record(Path(out), trainee.member.config, trainee.history, self._summary(trainee, status))
 
     def _summary(self, trainee: Trainee, status: Status) -> Summary:
         member, ref = trainee.member, self.cohort.teacher
@@ -391,10 +428,18 @@ class _CohortTrainer:
             failure=trainee.failure if status == Status.FAILED else None, epochs=self.epochs,
             **records.history_fields(trainee.history),
             wall_seconds=trainee.wall_seconds, cohort_size=len(self.cohort.members), device=str(self.device),
-            environment=self.env, started_at=trainee.started_at,
+            environment=self.env, nondeterministic_ops=self._nondeterministic_ops(trainee),
+            started_at=trainee.started_at,
             finished_at=now_iso() if status in (Status.DONE, Status.FAILED) else None,
             sessions=trainee.sessions, extra=record,
         )
+
+    def _nondeterministic_ops(self, trainee: Trainee) -> list[str] | None:
+        """Ops that ran without a deterministic implementation (deterministic mode only)."""
+        if self.recorder is None:
+            return None
+        trainee.nondeterministic_ops = list(dict.fromkeys(trainee.nondeterministic_ops + self.recorder.ops))
+        return trainee.nondeterministic_ops
 
     def _result(self, trainee: Trainee) -> MemberResult:
         if trainee.failure is not None:
@@ -438,7 +483,7 @@ def train_cohort(
     try:
         trainer = _CohortTrainer(cohort, device, data, reporter or _SilentReporter(), should_stop or (lambda: False))
         return trainer.run(until_epoch)
-    except (TrainingInterrupted, CohortFault):
+    except (TrainingInterrupted, CohortFault, StorageFault):
         raise
     except Exception as exc:  # outside any member: the data, the device, the harness itself
         reraise_for_debugging()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench import distributed, methods, models
-from kdbench.precision import autocast
+from kdbench.precision import autocast, grad_scaler
 from kdbench.recipe import Options, Schedule
 from kdbench.records import Failure, RecordError, now_iso
 
@@ -63,11 +63,6 @@ def build_method(name: str, hparams: dict[str, Any], seed: int) -> nn.Module:
         return methods.build(name, **hparams)
 
 
-def views_of(method: nn.Module) -> tuple[str, ...]:
-    """The augmented views a method trains on (`views`, default the weak view only)."""
-    return tuple(getattr(method, "views", (WEAK,)))
-
-
 class Trainee:
     """A member's live state: model, method, optimizer, progress and on-device accumulators."""
 
@@ -76,13 +71,17 @@ class Trainee:
         self.model = model
         self.method = method
         self.device = device
-        self.views = views_of(method)
-        self.multi_view = hasattr(method, "views")
+        declared = methods.views_of(method)
+        self.views = declared or (WEAK,)
+        self.multi_view = declared is not None
         self.needs_teacher = methods.needs_teacher(method)
         params = list(model.parameters()) + list(method.parameters())
+        self.scaler = grad_scaler(device, options.precision)
         self.optimizer = torch.optim.SGD(
             params, lr=member.schedule.lr_at(1), momentum=member.schedule.momentum,
             weight_decay=member.schedule.weight_decay,
+            # Fused SGD takes the scaler's inf check as a tensor: no host sync in the step.
+            **({"fused": True} if self.scaler is not None else {}),
         )
         self.forward: Callable[[Tensor], Tensor] = distributed.wrap(model, device)
         self.compile_pending = options.compile
@@ -94,6 +93,7 @@ class Trainee:
         self.sessions: list[dict[str, Any]] = []
         self.failure: Failure | None = None
         self.partial: dict[str, Any] | None = None
+        self.nondeterministic_ops: list[str] = []
         self.term_names: list[str] | None = None
         # The epoch's accumulators, on the device.
         self.loss_sum = torch.zeros((), device=device)
@@ -157,8 +157,13 @@ class Trainee:
         values = torch.stack([v.detach().float() for v in terms.values()])
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
         # Everything below stays on the device: no host sync in the step.
         detached = loss.detach().float()
@@ -182,6 +187,8 @@ class Trainee:
             "failure": None if self.failure is None else self.failure.to_json(),
             "rng": rng, "config": self.member.config, "data_seed": data_seed, "partial": partial,
             "sessions": self.sessions, "teacher_sha256": teacher_sha256, "record": record,
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "nondeterministic_ops": self.nondeterministic_ops,
         }
 
     def restore(self, state: Any, path: Path, teacher_sha256: str | None, teacher: Any) -> None:
@@ -209,17 +216,17 @@ class Trainee:
         self.failure = Failure.from_json(state.get("failure"))
         self.partial = state.get("partial")
         self.sessions = list(state.get("sessions", []))
+        self.nondeterministic_ops = list(state.get("nondeterministic_ops") or [])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"]["torch"].cpu())
             if "cuda" in state["rng"] and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
 
     def epoch_scalars(self) -> dict[str, float]:
-        """The method's per-epoch scalars (`epoch_scalars()`), as `method_<name>` metrics fields."""
-        report = getattr(self.method, "epoch_scalars", None)
-        if report is None:
-            return {}
-        return {f"method_{k}": float(v) for k, v in report().items()}
+        """The method's per-epoch scalars, as `method_<name>` metrics fields."""
+        return {f"method_{k}": v for k, v in methods.epoch_scalars(self.method).items()}
 
     def _forward(self, images: Tensor) -> Tensor:
         if self.compile_pending:
