@@ -1,5 +1,6 @@
 """The cohort harness: exact resume, shared-teacher equivalence, NaN isolation, no host syncs."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from kdbench.trainee import WEAK, Member, Trainee, build_student
 
 SPEC = {"name": "synthetic", "num_classes": 10, "train_size": 160, "test_size": 64, "image_size": 16, "channels": 3}
 TIMING = {"epoch_seconds", "images_per_s"}
+# CTKD's learned temperature after epochs 1-3 of the run below (on the CPU).
+CTKD_CURVE = [15.619885444641113, 15.617114067077637, 15.616748809814453]
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +222,17 @@ def test_bf16_and_channels_last_train(splits):
                      teacher_model=teacher_model(), options=Options(precision="bf16", channels_last=True))
     (result,) = train_cohort(run, "cpu", data=splits)
     assert result.status == "done" and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]
+
+
+def test_ctkd_temperature_is_learned_through_the_reversal_and_logged_each_epoch(tmp_path, splits):
+    (result,) = train_cohort(cohort([member("ctkd", tmp_path / "ctkd", epochs=3)]), "cpu", data=splits)
+    curve = [row["method_temperature"] for row in result.history]
+    assert len(curve) == 3 and all(1.0 < t < 21.0 for t in curve)
+    start = 1 + 20 * torch.sigmoid(torch.tensor(1.0)).item()  # θ₀ = 1: T₀ = 15.62
+    assert curve[0] != pytest.approx(start, abs=1e-7)  # θ moved: it received gradient through the reversal
+    assert abs(curve[0] - start) < abs(curve[2] - start)  # |λ| grows over the first epochs (easy to hard)
+    assert curve == pytest.approx(CTKD_CURVE, rel=1e-3)
+    metrics = [json.loads(line) for line in (tmp_path / "ctkd" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["method_temperature"] for row in metrics] == curve
+    state = torch.load(tmp_path / "ctkd" / "checkpoint.pt", weights_only=True)
+    assert set(state["method"]) == {"theta"} and state["method"]["theta"].item() != 1.0  # saved for resume
