@@ -9,59 +9,16 @@ import sys
 import pandas as pd
 import pytest
 
-from _report_fake import write_run
+from _report_fake import build_grid, md_rows, write_run
 from kdbench import methods, results
 from kdbench.report import build, cli as report_cli, layout, published, render
 from kdbench.cli import main
-
-# Pair A = tA->sA (teacher 80), pair B = tB->sB (teacher 75). Seeds 0, 1, 2.
-# dkd in A: differences to kd 2.1, 2.0, 2.2 -> significant (scipy ttest_rel p = 0.000755).
-# noisy in A: differences 1.5, -1.0, 0.5 -> not significant (scipy p = 0.6914).
-# vanilla in A: differences -2.0, -2.3, -2.6 -> significantly worse (scipy p = 0.005623).
-GRID = {
-    ("tA->sA", 80.0): {
-        "vanilla": [70.0, 70.2, 70.4],
-        "kd": [72.0, 72.5, 73.0],
-        "dkd": [74.1, 74.5, 75.2],
-        "noisy": [73.5, 71.5, 73.5],
-    },
-    ("tB->sB", 75.0): {
-        "vanilla": [60.0, 61.0, 62.0],
-        "kd": [65.0, 66.0, 67.0],
-        "dkd": [66.0, 67.0],  # seed 2 is still running
-        "noisy": [67.0, 66.0, 67.0],
-    },
-}
-
-
-def build_grid(root, grid="g", **fields):
-    for (pair, teacher), variants in GRID.items():
-        for variant, values in variants.items():
-            for seed, value in enumerate(values):
-                write_run(root, grid, variant=variant, pair=pair, seed=seed, final_top1=value,
-                          teacher_top1=teacher, best_top1=value + 1.0, **fields)
-    # Never averaged: a failed kd run in A and a running dkd run in B with absurd numbers.
-    write_run(root, grid, variant="kd", pair="tA->sA", seed=3, final_top1=10.0, teacher_top1=80.0, status="failed",
-              failure={"reason": "non-finite loss", "epoch": 5, "step": 100, "terms": {"kd": None}})
-    write_run(root, grid, variant="dkd", pair="tB->sB", seed=2, final_top1=50.0, teacher_top1=75.0, status="running",
-              epochs_done=1)
-
 
 def run_report(tmp_path, *extra, plots=False):
     args = ["report", "--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"), *extra]
     if not plots:
         args.append("--no-plots")
     return main(args)
-
-
-def md_rows(text):
-    """Markdown table rows as {row label: [cells]}."""
-    rows = {}
-    for line in text.splitlines():
-        if line.startswith("| ") and not line.startswith("| Method"):
-            cells = [c.strip() for c in line.strip("|").split(" | ")]
-            rows[cells[0]] = cells[1:]
-    return rows
 
 
 @pytest.fixture
@@ -84,22 +41,29 @@ def test_main_table_markdown_numbers(grid_report):
     # noisy: best in B but not significant in either pair.
     assert rows["noisy"] == ["72.83 ± 1.15", "**66.67 ± 0.58**", "69.75"]
     assert "paired two-sided t-test" in text and "α = 0.05" in text and "↑ / ↓" in text
+    assert "Holm–Bonferroni correction over the methods compared with `kd` in each pair (Holm 1979" in text
+    assert "no multiple-comparison correction" not in text
     assert "zero variance" in text
     assert "2 run(s) not done" in text
 
 
 def test_main_table_csv_numbers(grid_report):
     csv = pd.read_csv(grid_report / "main.csv")
-    cell = csv.set_index(["variant", "column"])
+    cell = csv.set_index(["variant", "pair"])
     dkd_a = cell.loc[("dkd", "tA→sA")]
     assert dkd_a["mean"] == pytest.approx(74.6) and dkd_a["std"] == pytest.approx(math.sqrt(0.31))
     assert dkd_a["n"] == 3 and dkd_a["mark"] == "↑" and bool(dkd_a["best"])
+    assert (dkd_a["teacher"], dkd_a["student"]) == ("tA", "sA")
+    # scipy.stats.ttest_rel; Holm over dkd, noisy and vanilla (statsmodels multipletests).
     assert dkd_a["p_value"] == pytest.approx(0.000755001995138429, rel=1e-6)
-    assert dkd_a["t_stat"] == pytest.approx(36.37306695894589, rel=1e-9)
+    assert dkd_a["p_adjusted"] == pytest.approx(3 * 0.000755001995138429, rel=1e-6)
+    assert dkd_a["gain"] == pytest.approx(2.1) and dkd_a["gain_low"] == pytest.approx(1.8515878, rel=1e-6)
     noisy_a = cell.loc[("noisy", "tA→sA")]
     assert noisy_a["p_value"] == pytest.approx(0.6913933000758161, rel=1e-6)
     assert pd.isna(noisy_a["mark"]) and not bool(noisy_a["best"])
     assert cell.loc[("vanilla", "tA→sA"), "p_value"] == pytest.approx(0.0056232873156309955, rel=1e-6)
+    assert cell.loc[("vanilla", "tA→sA"), "p_adjusted"] == pytest.approx(2 * 0.0056232873156309955, rel=1e-6)
+    assert set(csv["correction"]) == {"holm"} and set(csv["alpha"]) == {0.05}
     dkd_b = cell.loc[("dkd", "tB→sB")]
     assert dkd_b["n"] == 2 and dkd_b["n_max"] == 3 and dkd_b["p_value"] == 0.0
     # The failed kd run (10.0) and the running dkd run (50.0) are not averaged.
@@ -110,14 +74,27 @@ def test_main_table_csv_numbers(grid_report):
 
 
 def test_gain_table(grid_report):
-    rows = md_rows((grid_report / "gain.md").read_text())
-    assert rows["dkd"][0] == "+2.10 ± 0.10 ↑"
-    assert rows["noisy"][1] == "+0.67 ± 1.15"
-    assert rows["vanilla"][0] == "-2.30 ± 0.30 ↓"
+    text = (grid_report / "gain.md").read_text()
+    assert "| Method | tA→sA | tB→sB | Mean over pairs | Won / tied / lost |" in text
+    rows = md_rows(text)
+    # 95% paired t intervals (scipy.stats.ttest_rel(...).confidence_interval()).
+    assert rows["dkd"][0] == "+2.10 [+1.85, +2.35] ↑"
+    assert rows["noisy"][1] == "+0.67 [-2.20, +3.54]"
+    assert rows["vanilla"][0] == "-2.30 [-3.05, -1.55] ↓"
+    # B: dkd has 2 of 3 seeds; every difference is +1, an interval of one point.
+    assert rows["dkd"][1] == "+1.00 [+1.00, +1.00] ↑ (n=2)"
+    assert rows["dkd"][3] == "2 / 0 / 0" and rows["noisy"][3] == "0 / 2 / 0" and rows["vanilla"][3] == "0 / 0 / 2"
     assert "kd" not in rows
-    csv = pd.read_csv(grid_report / "gain.csv").set_index(["variant", "column"])
+    csv = pd.read_csv(grid_report / "gain.csv").set_index(["variant", "pair"])
     assert csv.loc[("dkd", "tB→sB"), "mean_diff"] == pytest.approx(1.0)
     assert csv.loc[("dkd", "tB→sB"), "n"] == 2
+    assert csv.loc[("dkd", "tA→sA"), "t_stat"] == pytest.approx(36.37306695894589, rel=1e-9)
+    assert csv.loc[("dkd", "tA→sA"), "ci_high"] == pytest.approx(2.3484121, rel=1e-6)
+    # Mean over pairs: mean of 2.1 and 1.0, t interval with df = 1 (scipy.stats.t.interval).
+    average = csv.loc[("dkd", "Average")]
+    assert average["mean_diff"] == pytest.approx(1.55) and average["n"] == 2
+    assert average["ci_low"] == pytest.approx(1.55 - 12.706204736174698 * 0.55, rel=1e-9)
+    assert (average["won"], average["tied"], average["lost"], average["untested"]) == (2, 0, 0, 0)
 
 
 def test_not_done_runs_are_listed_with_reason(grid_report):
@@ -132,7 +109,7 @@ def test_teacher_split_and_cost(grid_report):
     rows = md_rows((grid_report / "teacher_wrong_right.md").read_text())
     # The fake records put wrong = final - 50 and right = final + 10.
     assert rows["kd"][0] == "22.50 / 82.50"
-    cost = pd.read_csv(grid_report / "cost.csv").set_index("column")
+    cost = pd.read_csv(grid_report / "cost.csv").set_index("pair")
     # 15 done runs in A (kd's failed run is left out), each 3600 s shared by a cohort of 4.
     assert cost.loc["tA→sA", "runs"] == 12
     assert cost.loc["tA→sA", "per_run_s"] == pytest.approx(900.0)
@@ -262,7 +239,7 @@ def build_real_grid(root, grid_text=REAL_GRID):
         (root / "g" / "grid.yaml").write_text(grid_text)
 
 
-def test_grid_yaml_gives_the_row_and_column_order(tmp_path, capsys):
+def test_grid_yaml_gives_the_row_and_pair_order(tmp_path, capsys):
     build_real_grid(tmp_path / "results")
     assert run_report(tmp_path) == 0
     text = (tmp_path / "out" / "main.md").read_text()
@@ -363,16 +340,21 @@ def test_reproduction_gap_matches_method_and_standardize(tmp_path):
 
 def test_published_results_are_complete_and_cited():
     pub = published.load_published()
-    assert list(pub.columns) == ["dataset", "teacher", "student", "method", "top1", "source"]
+    assert list(pub.columns) == ["dataset", "teacher", "student", "method", "top1", "source", "protocol"]
     assert pub["source"].str.len().gt(10).all()
-    assert set(pub["method"]) <= set(published.PUBLISHED_METHODS) | {"teacher"}
+    # Every published method names a registered kdbench method, with "+ls" for logit standardization.
+    named = {published.published_spec(m)[0] for m in pub["method"] if m != "teacher"}
+    assert named <= set(methods.available())
     assert pub["top1"].between(60, 81).all()
     assert (pub.loc[pub["method"] == "rld", "source"].str.contains(r"\[3rd-party\]")).all()
     assert not pub.duplicated(["dataset", "teacher", "student", "method"]).any()
     row = pub[(pub["teacher"] == "resnet32x4") & (pub["student"] == "resnet8x4")].set_index("method")["top1"]
-    assert row.to_dict() == {"teacher": 79.42, "vanilla": 72.50, "kd": 73.33, "dkd": 76.32, "kd+ls": 76.62,
-                             "dkd+ls": 77.01, "rld": 76.64}
+    expected = {"teacher": 79.42, "vanilla": 72.50, "kd": 73.33, "dkd": 76.32, "kd+ls": 76.62, "dkd+ls": 77.01,
+                "rld": 76.64}
+    assert {k: row[k] for k in expected} == expected
     assert set(pub["dataset"]) == {"cifar100", "imagenet"}
+    assert published.published_spec("dkd+ls") == ("dkd", {"standardize": True})
+    assert published.published_spec("ttm") == ("ttm", {"standardize": False})
 
 
 def test_latex_escaping():
@@ -393,10 +375,14 @@ def test_latex_tables_compile(tmp_path):
     build_grid(root)
     for seed in range(2):  # a pair with published numbers, so that the reproduction table exists too
         for variant in ("kd", "rld"):
-            write_run(root, "g", variant=variant, pair="resnet32x4->resnet8x4", seed=seed, final_top1=74.0 + seed)
+            write_run(root, "g", variant=variant, pair="resnet32x4->resnet8x4", seed=seed, final_top1=74.0 + seed,
+                      protocol="own protocol: 50% longer & a_b" if variant == "rld" else None)
+    write_run(root, "g", variant="rld", pair="tA->sA", seed=0, final_top1=None, status="failed",
+              failure={"reason": "ValueError: x_y < 1", "epoch": 1, "error_log": "error.log"})
     assert run_report(tmp_path) == 0
     tex_files = sorted((tmp_path / "out").glob("*.tex"))
-    assert {p.stem for p in tex_files} >= {"main", "gain", "reproduction", "teacher_wrong_right", "cost", "not_done"}
+    assert {p.stem for p in tex_files} == {"main", "gain", "seeds_needed", "best_vs_last", "reproduction",
+                                           "teacher_wrong_right", "cost", "environment", "teachers", "not_done"}
     doc = tmp_path / "doc.tex"
     inputs = "\n".join(rf"\input{{{p}}}" for p in tex_files)
     doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + inputs + "\n\\end{document}\n")
@@ -434,7 +420,9 @@ def test_frames_api_without_cli(tmp_path):
     build_grid(tmp_path / "results")
     runs = results.load(tmp_path / "results")
     rep = build.build_report(runs, results.load_metrics(tmp_path / "results"), grid="g")
-    assert [v.name for v in rep.views] == ["main", "gain", "teacher_wrong_right", "cost", "not_done"]
+    assert [v.name for v in rep.views] == ["main", "gain", "seeds_needed", "best_vs_last", "teacher_wrong_right",
+                                           "cost", "environment", "teachers", "not_done", "runs", "curves"]
+    assert [v.name for v in rep.tables] == [v.name for v in rep.views[:-2]]
     assert rep.prepared.variants == ["vanilla", "kd", "dkd", "noisy"]
     assert "±" in render.to_markdown(rep.views[0])
 

@@ -37,14 +37,23 @@ def grid_order(results_dir: Path, grid: str) -> tuple[list[str] | None, list[str
     return [v.label for v in parsed.variants], [p.name for p in parsed.pairs], None
 
 
-def cli_report(args: argparse.Namespace) -> int:
-    """`kdbench report`: build and write the report of one grid, or of every grid; returns the exit code."""
+def _console():
     from rich.console import Console
-    from rich.markdown import Markdown
 
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # a file or a pipe: do not squeeze the tables to 80 columns
+    return console if console.is_terminal else Console(width=200)  # a file or a pipe: keep tables wide
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        print(f"kdbench: warning: {warning}", file=sys.stderr)
+
+
+def cli_report(args: argparse.Namespace) -> int:
+    """`kdbench report`: build and write the report of one grid, or of every grid; returns the exit code."""
+    from rich.markdown import Markdown
+
+    console = _console()
     results_dir = Path(args.results_dir)
     grids = [args.grid] if args.grid else results.grid_names(results_dir)
     if not grids:
@@ -59,10 +68,10 @@ def cli_report(args: argparse.Namespace) -> int:
             console.print(f"grid {grid}: no results yet, skipped")
             continue
         variant_order, pair_order, warning = grid_order(results_dir, grid)
-        if warning:
-            print(f"kdbench: warning: {warning}", file=sys.stderr)
+        _warn(warning)
         rep = build_report(runs, results.load_metrics(results_dir, grid), grid=grid, metric=args.metric,
-                           baseline=args.baseline, alpha=args.alpha, variant_order=variant_order, pair_order=pair_order)
+                           baseline=args.baseline, alpha=args.alpha, correction=args.correction,
+                           variant_order=variant_order, pair_order=pair_order)
         if args.baseline != DEFAULT_BASELINE and not rep.prepared.has_baseline:
             raise KdbenchError(f"--baseline {args.baseline}: no done run of that variant in grid {grid} "
                                f"(variants: {', '.join(rep.prepared.variants)})")
@@ -70,13 +79,13 @@ def cli_report(args: argparse.Namespace) -> int:
             out = Path(args.out) / grid if len(grids) > 1 else Path(args.out)
         else:
             out = results_dir / grid / "report"
-        for view in rep.views:
+        for view in rep.tables:
             console.print(Markdown(to_markdown(view)))
             console.print()
         written = write_report(rep, out, with_plots=not args.no_plots)
         n_plots = sum(1 for p in written if p.parent.name == "plots")
-        console.print(f"Wrote {len(written) - n_plots} table files" + (f" and {n_plots} plot files" if n_plots else "")
-                      + f" to {out}/")
+        console.print(f"Wrote {len(written) - n_plots} table files"
+                      + (f" and {n_plots} plot files" if n_plots else "") + f" to {out}/")
         reported += 1
     if not reported:
         raise KdbenchError(f"no results under {results_dir}/: run `kdbench run GRID` first")

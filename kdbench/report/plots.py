@@ -18,11 +18,12 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kdbench.report.curves import CURVES
 from kdbench.report.layout import View
 from kdbench.report.prepare import TEACHER_ROW, VANILLA, Prepared
 from kdbench.report.views import AVERAGE, GAIN, MAIN
 
-__all__ = ["bar_chart", "curves_plot", "gain_heatmap", "plot_report", "slug"]
+__all__ = ["bar_chart", "curves_plot", "gain_heatmap", "palette", "plot_report", "slug"]
 
 # Okabe-Ito colour-blind-safe palette; hatches, markers and line styles carry the
 # distinction when printed in grey.
@@ -31,6 +32,14 @@ _HATCHES = ["", "//", "\\\\", "xx", "..", "oo", "++", "--", "||", "**"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 # Seven line styles against eight colours: the pair (colour, style) repeats only after 56 variants.
 _LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2, 2, 2))]
+
+
+_SVG_DASHES = ["", "6 4", "6 3 2 3", "2 3", "5 1", "3 1 1 1 1 1", "8 2 2 2"]  # the line styles above, for SVG
+
+
+def palette() -> list[tuple[str, str]]:
+    """(colour, SVG dash pattern) of style 0, 1, …: the figures' styles, for the HTML page's curves."""
+    return [(_COLORS[i % len(_COLORS)], _SVG_DASHES[i % len(_SVG_DASHES)]) for i in range(56)]
 
 
 def slug(label: str) -> str:
@@ -105,14 +114,14 @@ def bar_chart(cells: pd.DataFrame, variants: Sequence[str], title: str, ylabel: 
 
 
 def curves_plot(curves: pd.DataFrame, variants: Sequence[str], title: str, base: Path, *,
-                styles: dict[str, int] | None = None, metric: str = "test_top1") -> list[Path]:
-    """Test accuracy over epochs per variant, mean with a ±std band over seeds.
+                styles: dict[str, int] | None = None) -> list[Path]:
+    """Test accuracy over epochs per variant: the mean over seeds, with the seeds' range (min to max) as a band.
 
-    `curves` has columns variant, seed, epoch and `metric`. A second panel zooms on the
-    last quarter of training, where the variants separate. Writes `base`.png and `.pdf`.
+    `curves` is one pair's rows of the curves view (variant, epoch, mean, min, max, n). A
+    second panel zooms on the last quarter of training, where the variants separate.
+    Writes `base`.png and `.pdf`.
     """
-    curves = curves.dropna(subset=[metric])
-    agg = curves.groupby(["variant", "epoch"])[metric].agg(["mean", "std", "count"]).reset_index()
+    agg = curves.dropna(subset=["mean"])
     variants = [v for v in variants if v in set(agg["variant"])]
     styles = styles or {v: i for i, v in enumerate(variants)}
     last = int(agg["epoch"].max())
@@ -128,16 +137,14 @@ def curves_plot(curves: pd.DataFrame, variants: Sequence[str], title: str, base:
             ax.plot(d["epoch"], d["mean"], color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
                     markevery=max(1, len(d) // 8), markersize=5, linewidth=1.4, label=v,
                     markeredgecolor="black", markeredgewidth=0.5)
-            band = d[d["count"] >= 2]
+            band = d[d["n"] >= 2]
             if len(band):
-                ax.fill_between(band["epoch"], band["mean"] - band["std"], band["mean"] + band["std"],
-                                color=st["color"], alpha=0.18, linewidth=0)
+                ax.fill_between(band["epoch"], band["min"], band["max"], color=st["color"], alpha=0.18, linewidth=0)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(linestyle=":", linewidth=0.6)
         if ax_i == 1:
-            lo = (window["mean"] - window["std"].fillna(0)).min()
-            hi = (window["mean"] + window["std"].fillna(0)).max()
+            lo, hi = window["min"].fillna(window["mean"]).min(), window["max"].fillna(window["mean"]).max()
             pad = max(0.1 * (hi - lo), 0.2)
             ax.set_ylim(lo - pad, hi + pad)
             ax.set_xlim(start, last)
@@ -146,21 +153,21 @@ def curves_plot(curves: pd.DataFrame, variants: Sequence[str], title: str, base:
     axes[0].set_title("all epochs" if zoom else title, fontsize=10)
     if zoom:
         fig.suptitle(title)
-    seeds = int(agg["count"].max())
+    seeds = int(agg["n"].max())
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9,
-                    title="mean ± std over seeds" if seeds > 1 else "one seed", title_fontsize=8)
+                    title="mean; band: min–max over seeds" if seeds > 1 else "one seed", title_fontsize=8)
     return _save(fig, base)
 
 
 def gain_heatmap(gains: pd.DataFrame, variants: Sequence[str], columns: Sequence[str], title: str,
                  cbar_label: str, base: Path) -> list[Path]:
-    """Variants × pairs grid of gains (`gains`: variant, column, mean_diff, mark), each cell annotated.
+    """Variants × pairs grid of gains (`gains`: variant, pair, mean_diff, mark), each cell annotated.
 
     Diverging colours centred on 0; the numbers and ↑/↓ marks carry the information
     without colour. Writes `base`.png and `base`.pdf.
     """
-    table = gains.pivot_table(index="variant", columns="column", values="mean_diff", aggfunc="first")
-    marks = gains.pivot_table(index="variant", columns="column", values="mark", aggfunc="first") \
+    table = gains.pivot_table(index="variant", columns="pair", values="mean_diff", aggfunc="first")
+    marks = gains.pivot_table(index="variant", columns="pair", values="mark", aggfunc="first") \
         if "mark" in gains.columns else None
     variants = [v for v in variants if v in table.index]
     columns = [c for c in columns if c in table.columns]
@@ -200,7 +207,7 @@ def gain_heatmap(gains: pd.DataFrame, variants: Sequence[str], columns: Sequence
     return _save(fig, base)
 
 
-def plot_report(prep: Prepared, views: Mapping[str, View], metrics: pd.DataFrame | None, out: Path) -> list[Path]:
+def plot_report(prep: Prepared, views: Mapping[str, View], out: Path) -> list[Path]:
     """Every figure of a report under `out`: bars and curves per pair, and the gain heatmap.
 
     `views` maps view names to the report's views; the figures draw their frames.
@@ -208,39 +215,38 @@ def plot_report(prep: Prepared, views: Mapping[str, View], metrics: pd.DataFrame
     suffix = "" if prep.metric == "last" else f"_{prep.metric}"
     styles = {v: i for i, v in enumerate(prep.variants)}
     written: list[Path] = []
+    correction = ", Holm-corrected" if prep.correction == "holm" else ""
 
     main = views[MAIN].frame
-    for column in prep.columns:
-        col = main[(main["column"] == column) & main["mean"].notna()]
+    for pair in prep.pairs:
+        col = main[(main["pair"] == pair) & main["mean"].notna()]
         cells = col[col["variant"] != TEACHER_ROW]
         if cells.empty:
             continue
         teacher = col.loc[col["variant"] == TEACHER_ROW, "mean"]
         vanilla = cells.loc[cells["variant"] == VANILLA, "mean"]
         written += bar_chart(
-            cells, prep.variants, column, f"test top-1 (%), {prep.info.short}", out / f"bars{suffix}_{slug(column)}",
+            cells, prep.variants, pair, f"test top-1 (%), {prep.info.short}", out / f"bars{suffix}_{slug(pair)}",
             teacher=float(teacher.iloc[0]) if len(teacher) else None,
             vanilla=float(vanilla.iloc[0]) if len(vanilla) else None, styles=styles,
             mark_note=f"↑ / ↓: significantly better / worse than {prep.baseline} "
-                      f"(paired t-test over seeds, α = {prep.alpha:g}); error bars: std over seeds",
+                      f"(paired t-test over seeds{correction}, α = {prep.alpha:g}); error bars: std over seeds",
         )
 
-    if metrics is not None and not metrics.empty and "test_top1" in metrics.columns:
-        joined = metrics[["run_id", "epoch", "test_top1"]].merge(
-            prep.runs[["run_id", "variant", "column", "seed"]], on="run_id")
-        joined["test_top1"] = pd.to_numeric(joined["test_top1"], errors="coerce")
-        for column in prep.columns:
-            sel = joined[joined["column"] == column]
+    if CURVES in views:
+        curves = views[CURVES].frame
+        for pair in prep.pairs:
+            sel = curves[curves["pair"] == pair]
             if len(sel):
-                written += curves_plot(sel, prep.variants, f"{column}: test top-1 over training",
-                                       out / f"curves_{slug(column)}", styles=styles)
+                written += curves_plot(sel, prep.variants, f"{pair}: test top-1 over training",
+                                       out / f"curves_{slug(pair)}", styles=styles)
 
     if GAIN in views and not views[GAIN].frame.empty:
         gains = views[GAIN].frame
-        gains = gains[gains["column"] != AVERAGE]
+        gains = gains[gains["pair"] != AVERAGE]
         if gains["mean_diff"].notna().any():
             others = [v for v in prep.variants if v != prep.baseline]
-            written += gain_heatmap(gains, others, prep.columns,
+            written += gain_heatmap(gains, others, prep.pairs,
                                     f"Gain over {prep.baseline} (points, {prep.info.short})",
                                     f"gain over {prep.baseline} (points)", out / f"gain_heatmap{suffix}")
     return written

@@ -1,4 +1,4 @@
-"""Runs made ready for views: done runs with the chosen metric, each in its table column.
+"""Runs made ready for views: done runs with the chosen metric, each under its pair's label.
 
 Decisions worth knowing:
 
@@ -8,22 +8,26 @@ Decisions worth knowing:
   vanilla cell of every pair with that student.
 - Variants and pairs are ordered as `variant_order` and `pair_order` say (the parsed grid
   file); any others follow in the order their first run started.
+- A variant trained under a protocol of its own (another schedule, say) carries a note:
+  the `protocol` field of its runs' `summary.json`, or `protocols[variant]`. Views mark
+  its rows with † and print the note.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from kdbench.errors import KdbenchError
 
-__all__ = ["DEFAULT_BASELINE", "METRICS", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA", "first_seen", "order",
-           "pair_label", "prepare", "text"]
+__all__ = ["CORRECTIONS", "DEFAULT_BASELINE", "METRICS", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA",
+           "first_seen", "order", "pair_label", "prepare", "text"]
 
 DEFAULT_BASELINE = "kd"
+CORRECTIONS = ("holm", "none")  # multiple-comparison corrections of the marks against the baseline
 TEACHER_ROW = "Teacher"
 VANILLA = "vanilla"
 
@@ -63,21 +67,23 @@ def text(x: Any) -> str:
 
 @dataclass
 class Prepared:
-    """Done runs ready for views: `runs` has `variant`, `column` (table column label), `seed`, `value`.
+    """Done runs ready for views: `runs` has `variant`, `pair` (the pair's label), `seed`, `value`.
 
-    `runs` repeats a teacherless run once per pair column that has its student.
-    `done` is one row per done run with its own `column` (for costs); `not_done` holds the
-    running and failed runs.
+    `runs` repeats a teacherless run once per pair that has its student. `done` is one
+    row per done run with its own `pair` (for costs); `not_done` holds the running and
+    failed runs. `protocols` maps a variant to its protocol note (see the module docstring).
     """
 
     runs: pd.DataFrame
     done: pd.DataFrame
     not_done: pd.DataFrame
-    columns: list[str]
+    pairs: list[str]
     variants: list[str]
     metric: str
     baseline: str
     alpha: float
+    correction: str = "holm"
+    protocols: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -90,12 +96,17 @@ class Prepared:
         """The largest number of seeds in any cell."""
         if self.runs.empty:
             return 0
-        return int(self.runs.groupby(["variant", "column"])["seed"].nunique().max())
+        return int(self.runs.groupby(["variant", "pair"])["seed"].nunique().max())
 
     @property
     def info(self) -> MetricInfo:
         """How the chosen metric is read and named."""
         return METRICS[self.metric]
+
+    @property
+    def confidence(self) -> str:
+        """The confidence level of the intervals, e.g. `95%`."""
+        return f"{100 * (1 - self.alpha):g}%"
 
 
 def order(found: Iterable[str], preferred: Sequence[str] | None) -> list[str]:
@@ -113,23 +124,27 @@ def first_seen(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT_BASELINE, alpha: float = 0.05,
-            variant_order: Sequence[str] | None = None, pair_order: Sequence[str] | None = None) -> Prepared:
-    """Select done runs, read `metric` into `value`, and give every run its table column.
+            correction: str = "holm", variant_order: Sequence[str] | None = None,
+            pair_order: Sequence[str] | None = None, protocols: Mapping[str, str] | None = None) -> Prepared:
+    """Select done runs, read `metric` into `value`, and give every run its pair label.
 
-    `pair_order` holds pairs as `"teacher->student"`. Raises `KdbenchError` for
-    `metric="val"` when no done run has a validation split.
+    `pair_order` holds pairs as `"teacher->student"`. `protocols` adds protocol notes per
+    variant (over those of the run records). Raises `KdbenchError` for `metric="val"` when
+    no done run has a validation split.
     """
     if metric not in METRICS:
         raise KdbenchError(f"--metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     if not 0 < alpha < 1:
         raise KdbenchError(f"--alpha: expected a number between 0 and 1, got {alpha}")
+    if correction not in CORRECTIONS:
+        raise KdbenchError(f"--correction: expected one of {', '.join(CORRECTIONS)}, got {correction!r}")
     frame = first_seen(runs).reset_index(drop=True)
     frame["variant"] = [text(v) or text(m) or "?" for v, m in zip(frame["variant"], frame["method"])]
     frame["teacher"] = [text(t) for t in frame["teacher"]]
     frame["student"] = [text(s) for s in frame["student"]]
     frame["dataset"] = [text(d) for d in frame["dataset"]]
     multi_dataset = frame["dataset"].nunique() > 1
-    frame["column"] = [pair_label(t, s, d if multi_dataset else None)
+    frame["pair"] = [pair_label(t, s, d if multi_dataset else None)
                        for t, s, d in zip(frame["teacher"], frame["student"], frame["dataset"])]
     is_done = frame["status"].astype(object).eq("done")
     not_done = frame[~is_done].copy()
@@ -149,17 +164,17 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
         notes.append(f"{missing} done run(s) {why} and are left out.")
     done = done[done["value"].notna()].copy()
 
-    # A teacherless run (a shared vanilla run) counts in every pair column with its student.
+    # A teacherless run (a shared vanilla run) counts in every pair with its student.
     with_teacher = done[done["teacher"] != ""]
     expanded = [with_teacher]
     for _, row in done[done["teacher"] == ""].iterrows():
         targets = with_teacher.loc[(with_teacher["student"] == row["student"])
-                                   & (with_teacher["dataset"] == row["dataset"]), "column"].unique()
+                                   & (with_teacher["dataset"] == row["dataset"]), "pair"].unique()
         if len(targets) == 0:
             expanded.append(row.to_frame().T)
-        for col in targets:
+        for label in targets:
             copy = row.copy()
-            copy["column"] = col
+            copy["pair"] = label
             expanded.append(copy.to_frame().T)
     # Back in start order (the index is the position in `frame`), so first-seen order holds.
     table_runs = pd.concat(expanded).sort_index(kind="stable").reset_index(drop=True) if len(done) else done
@@ -171,9 +186,22 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
         preferred_pairs = []
         for p in pair_order:
             t, _, s = str(p).replace("→", "->").partition("->")
-            preferred_pairs += [c for c in table_runs["column"].unique()
+            preferred_pairs += [c for c in table_runs["pair"].unique()
                                 if c == pair_label(t, s) or c.endswith(": " + pair_label(t, s))]
-    columns = order(table_runs["column"], preferred_pairs)
+    pairs = order(table_runs["pair"], preferred_pairs)
     variants = order(table_runs["variant"], variant_order)
-    return Prepared(runs=table_runs, done=done, not_done=not_done, columns=columns, variants=variants,
-                    metric=metric, baseline=baseline, alpha=alpha, notes=notes)
+    return Prepared(runs=table_runs, done=done, not_done=not_done, pairs=pairs, variants=variants, metric=metric,
+                    baseline=baseline, alpha=alpha, correction=correction,
+                    protocols=_protocols(table_runs, protocols), notes=notes)
+
+
+def _protocols(runs: pd.DataFrame, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """Variant → protocol note, from the runs' `protocol` field, then `extra`."""
+    out: dict[str, str] = {}
+    if "protocol" in runs.columns:
+        for variant, group in runs.groupby("variant", sort=False):
+            notes = [p for p in dict.fromkeys(group["protocol"].map(text)) if p]
+            if notes:
+                out[str(variant)] = "; ".join(notes)
+    out.update({k: v for k, v in (extra or {}).items() if v})
+    return out

@@ -41,7 +41,8 @@ _LATEX_CHARS = {
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "↑": r"$\uparrow$",
     "↓": r"$\downarrow$", "→": r"$\rightarrow$", "—": "---", "–": "--", "−": "$-$", "α": r"$\alpha$",
     "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "·": r"$\cdot$", "…": r"\dots{}", "<": r"\textless{}",
-    ">": r"\textgreater{}", "|": r"\textbar{}", "’": "'", "“": "``", "”": "''", "†": r"\dag{}",
+    ">": r"\textgreater{}", "|": r"\textbar{}", "’": "'", "“": "``", "”": "''", "†": r"\dag{}", "‡": r"\ddag{}",
+    "≠": r"$\neq$",
 }
 
 

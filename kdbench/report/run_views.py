@@ -1,16 +1,28 @@
-"""Views of per-run facts: accuracy where the teacher is wrong / right, cost, runs not done."""
+"""Views of per-run facts: the runs themselves, best-on-test against last epoch, accuracy where the
+teacher is wrong / right, cost, and the runs not done."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Hashable
 
 import pandas as pd
 
+from kdbench.report import stats
 from kdbench.report.layout import Cell, Grid, View, finite, pivot
 from kdbench.report.prepare import Prepared, order, text
 
-__all__ = ["cost_view", "duration", "not_done_view", "teacher_split_view"]
+__all__ = ["COST", "NOT_DONE", "RUNS", "SELECTION", "TEACHER_SPLIT", "cost_view", "duration", "not_done_view", "runs_view", "selection_view",
+           "teacher_split_view"]
+
+RUNS = "runs"
+COST = "cost"
+NOT_DONE = "not_done"
+SELECTION = "best_vs_last"
+TEACHER_SPLIT = "teacher_wrong_right"
+LAST_EPOCH_WHY = ("kdbench README, “What is measured, and why last-epoch”; megvii-research/mdistiller#30, "
+                  "sunshangquan/logit-standardization-KD#23")
 
 
 def _two(x: Any) -> str:
@@ -21,8 +33,8 @@ def _teacher_split_grid(frame: pd.DataFrame) -> Grid:
     def cell(r: pd.Series, i: Hashable) -> Cell:
         return Cell(text=f"{_two(r['teacher_wrong_mean'])} / {_two(r['teacher_right_mean'])}")
 
-    return pivot(frame, rows=list(dict.fromkeys(frame["variant"])), columns=list(dict.fromkeys(frame["column"])),
-                 column_key="column", cell=cell)
+    return pivot(frame, rows=list(dict.fromkeys(frame["variant"])), columns=list(dict.fromkeys(frame["pair"])),
+                 cell=cell)
 
 
 def teacher_split_view(prep: Prepared) -> View | None:
@@ -34,16 +46,16 @@ def teacher_split_view(prep: Prepared) -> View | None:
         return None
     data = []
     for v in prep.variants:
-        for c in prep.columns:
-            sel = runs[(runs["variant"] == v) & (runs["column"] == c)]
+        for c in prep.pairs:
+            sel = runs[(runs["variant"] == v) & (runs["pair"] == c)]
             wrong, right = sel["final_top1_teacher_wrong"].dropna(), sel["final_top1_teacher_right"].dropna()
             if wrong.empty and right.empty:
                 continue
-            data.append({"variant": v, "column": c, "teacher_wrong_mean": wrong.mean() if len(wrong) else math.nan,
+            data.append({"variant": v, "pair": c, "teacher_wrong_mean": wrong.mean() if len(wrong) else math.nan,
                          "teacher_right_mean": right.mean() if len(right) else math.nan, "n": len(sel)})
     notes = ["Last-epoch test top-1 (%) on the test samples the teacher classifies wrongly / correctly; mean over seeds."]
-    frame = pd.DataFrame(data, columns=["variant", "column", "teacher_wrong_mean", "teacher_right_mean", "n"])
-    return View(name="teacher_wrong_right", title="Top-1 where the teacher is wrong / right (last epoch)",
+    frame = pd.DataFrame(data, columns=["variant", "pair", "teacher_wrong_mean", "teacher_right_mean", "n"])
+    return View(name=TEACHER_SPLIT, title="Top-1 where the teacher is wrong / right (last epoch)",
                 frame=frame, notes=notes, grid=_teacher_split_grid, metric_free=True)
 
 
@@ -75,7 +87,7 @@ def _cost_grid(frame: pd.DataFrame) -> Grid:
     kinds = [c.removesuffix("_hours") for c in frame.columns if c.endswith("_hours")]
     rows = []
     for i, r in frame.iterrows():
-        rows.append([Cell(text=r["column"]), Cell(text=str(int(r["runs"]))), Cell(text=str(int(r["cohorts"]))),
+        rows.append([Cell(text=r["pair"]), Cell(text=str(int(r["runs"]))), Cell(text=str(int(r["cohorts"]))),
                      Cell(text=duration(r["wall_per_cohort_s"])), Cell(text=duration(r["per_run_s"]))]
                     + [Cell(value=r[f"{k}_hours"], source=(i, f"{k}_hours")) for k in kinds])
     header = ["Pair", "Runs", "Cohorts", "Wall per cohort", "Per run (amortised)"] + [f"{k.upper()}-hours" for k in kinds]
@@ -96,49 +108,113 @@ def cost_view(prep: Prepared) -> View | None:
 
     def add(label: str, sel: pd.DataFrame) -> None:
         cohort_wall = sel.groupby(sel["cohort"].astype(str))["wall_seconds"].max()
-        data.append({"column": label, "runs": len(sel), "cohorts": sel["cohort"].astype(str).nunique(),
+        data.append({"pair": label, "runs": len(sel), "cohorts": sel["cohort"].astype(str).nunique(),
                      "wall_per_cohort_s": cohort_wall.mean(), "per_run_s": sel["per_run"].mean(),
                      **{f"{k.lower()}_hours": sel.loc[sel["kind"] == k, "per_run"].sum() / 3600 for k in kinds}})
 
-    columns = order(done["column"], prep.columns)
-    for c in columns:
-        add(c, done[done["column"] == c])
-    if len(columns) > 1:
+    pairs = order(done["pair"], prep.pairs)
+    for c in pairs:
+        add(c, done[done["pair"] == c])
+    if len(pairs) > 1:
         add("Total", done)
     notes = ["Members of a cohort share one teacher forward and the cohort's wall time; a run's cost is amortised as "
              "cohort wall time / cohort size. Method costs within a cohort are not separable: see `kdbench bench`.",
              "; ".join(_KIND_NOTES.get(k, f"{k}-hours: runs on {k.lower()} devices") for k in kinds) + ". Done runs only."]
-    return View(name="cost", title="Cost", frame=pd.DataFrame(data), notes=notes, grid=_cost_grid, metric_free=True)
-
-
-_NOT_DONE_HEADER = ["Run", "Pair", "Method", "Seed", "Status", "Epochs", "Failure"]
+    return View(name=COST, title="Cost", frame=pd.DataFrame(data), notes=notes, grid=_cost_grid, metric_free=True)
 
 
 def _not_done_grid(frame: pd.DataFrame) -> Grid:
+    with_log = bool(frame["error_log"].map(text).ne("").any())
     rows = []
     for _, r in frame.iterrows():
         epochs = f"{text(r['epochs_done']).split('.')[0] or '0'}/{text(r['epochs']).split('.')[0] or '?'}"
-        rows.append([Cell(text=text(r["run_id"])), Cell(text=r["column"]), Cell(text=r["variant"]),
-                     Cell(text=text(r["seed"])), Cell(text=text(r["status"]) or "?"), Cell(text=epochs),
-                     Cell(text=text(r["failure_reason"]) or "—")])
-    return Grid(header=list(_NOT_DONE_HEADER), rows=rows)
+        row = [Cell(text=text(r["run_id"])), Cell(text=r["pair"]), Cell(text=r["variant"]),
+               Cell(text=text(r["seed"])), Cell(text=text(r["status"]) or "?"), Cell(text=epochs),
+               Cell(text=text(r["failure_reason"]) or "—")]
+        rows.append(row + ([Cell(text=text(r["error_log"]) or "—")] if with_log else []))
+    header = ["Run", "Pair", "Method", "Seed", "Status", "Epochs", "Failure"] + (["Error log"] if with_log else [])
+    return Grid(header=header, rows=rows)
 
 
 def not_done_view(prep: Prepared) -> View | None:
-    """Runs that are running or failed, with the failure reason (None when every run is done)."""
+    """Runs that are running or failed, with the failure reason and error log (None when every run is done)."""
     nd = prep.not_done
     if nd is None or nd.empty:
         return None
     data = []
-    nd = nd.sort_values(["status", "column", "variant", "seed"], key=lambda s: s.astype(str))
+    nd = nd.sort_values(["status", "pair", "variant", "seed"], key=lambda s: s.astype(str))
     for _, r in nd.iterrows():
         failure = r.get("failure") if isinstance(r.get("failure"), dict) else {}
         reason = text(failure.get("reason"))
         if failure.get("epoch") is not None:
             reason += f" (epoch {failure['epoch']})"
-        data.append({"run_id": r["run_id"], "column": r["column"], "variant": r["variant"], "seed": r["seed"],
+        log = text(failure.get("error_log"))
+        if log and text(r.get("path")):
+            log = str(Path(text(r["path"])) / log)  # the run folder's file, as the results folder was given
+        data.append({"run_id": r["run_id"], "pair": r["pair"], "variant": r["variant"], "seed": r["seed"],
                      "status": r["status"], "epochs_done": r["epochs_done"], "epochs": r["epochs"],
-                     "failure_reason": reason})
-    return View(name="not_done", title="Runs not done (not averaged)", frame=pd.DataFrame(data),
-                notes=["Re-run `kdbench run GRID` to resume running or failed runs."], grid=_not_done_grid,
-                metric_free=True)
+                     "failure_reason": reason, "error_log": log})
+    notes = ["Re-run `kdbench run GRID` to resume running or failed runs."]
+    if any(d["error_log"] for d in data):
+        notes.append("Error log: the traceback of the exception that failed the run.")
+    return View(name=NOT_DONE, title="Runs not done (not averaged)", frame=pd.DataFrame(data), notes=notes,
+                grid=_not_done_grid, metric_free=True)
+
+
+def runs_view(prep: Prepared) -> View:
+    """Every value averaged in the report: one row per run and pair (a teacherless run once per pair it fills)."""
+    frame = prep.runs[["variant", "pair", "teacher", "student", "seed", "value", "run_id"]].copy()
+    frame.insert(5, "metric", prep.metric)
+    return View(name=RUNS, title=f"Runs ({prep.info.short})", frame=frame.reset_index(drop=True))
+
+
+_SELECTION_HEADER = ["Method", "Runs", "Last epoch", "Best on test", "Best − last", "Median", "Max",
+                     "Best epoch ≠ last"]
+
+
+def _selection_grid(frame: pd.DataFrame) -> Grid:
+    rows = []
+    for i, r in frame.iterrows():
+        rows.append([Cell(text=r["variant"]), Cell(text=str(int(r["runs"]))),
+                     Cell(value=r["last_mean"], source=(i, "last_mean")),
+                     Cell(value=r["best_mean"], source=(i, "best_mean")),
+                     Cell(value=r["optimism_mean"], std=r["optimism_std"] if finite(r["optimism_std"]) else None,
+                          signed=True, source=(i, "optimism_mean")),
+                     Cell(value=r["optimism_median"], signed=True, source=(i, "optimism_median")),
+                     Cell(value=r["optimism_max"], signed=True, source=(i, "optimism_max")),
+                     Cell(text=f"{int(r['best_not_last'])}/{int(r['runs'])}")])
+    return Grid(header=list(_SELECTION_HEADER), rows=rows, rule_after=(len(rows) - 2,) if len(rows) > 2 else ())
+
+
+def selection_view(prep: Prepared) -> View | None:
+    """Per method: last-epoch against best-epoch-on-test top-1 of the same runs, and their difference.
+
+    The difference is how much choosing the epoch on the test set adds (None without both numbers).
+    """
+    done = prep.done.copy()
+    for column in ("final_top1", "best_top1", "best_epoch", "epochs_done"):
+        done[column] = pd.to_numeric(done[column], errors="coerce")
+    done = done[done["final_top1"].notna() & done["best_top1"].notna()]
+    if done.empty:
+        return None
+    done["optimism"] = done["best_top1"] - done["final_top1"]
+    data = []
+
+    def add(label: str, sel: pd.DataFrame) -> None:
+        mean, std, n = stats.mean_std(sel["optimism"].tolist())
+        not_last = (sel["best_epoch"].notna() & (sel["best_epoch"] < sel["epochs_done"])).sum()
+        data.append({"variant": label, "runs": n, "last_mean": sel["final_top1"].mean(),
+                     "best_mean": sel["best_top1"].mean(), "optimism_mean": mean, "optimism_std": std,
+                     "optimism_median": sel["optimism"].median(), "optimism_max": sel["optimism"].max(),
+                     "best_not_last": int(not_last)})
+
+    for v in order(done["variant"], prep.variants):
+        add(v, done[done["variant"] == v])
+    if done["variant"].nunique() > 1:
+        add("All runs", done)
+    notes = ["Test top-1 (%) of the same done runs at the last epoch and at their best epoch chosen on the test set, "
+             "mean over runs (every pair and seed); Best − last: mean ± std, median and max over runs. "
+             "Choosing the epoch on the test set is selection on the test set: this is what it adds to the numbers "
+             f"of papers that report the best epoch ({LAST_EPOCH_WHY})."]
+    return View(name=SELECTION, title="Best epoch on the test set against the last epoch", frame=pd.DataFrame(data),
+                notes=notes, grid=_selection_grid, metric_free=True)
