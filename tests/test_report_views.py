@@ -1,5 +1,6 @@
 """The report's views: every format shows its frame's numbers, and the statistics match the SciPy fixture."""
 
+from html.parser import HTMLParser
 import json
 import math
 import re
@@ -10,7 +11,9 @@ import pytest
 
 from _report_fake import build_grid, md_rows, write_run
 from kdbench import results
+from kdbench.cli import main
 from kdbench.report import build, options, prepare, render
+from kdbench.report import html as report_html
 from kdbench.report.layout import finite, render_cell
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "stats_golden.json").read_text())
@@ -48,7 +51,35 @@ def markdown_rows(md):
     return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
 
 
+class _Cells(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag == "td":
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.rows[-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def html_rows(table):
+    parser = _Cells()
+    parser.feed(table)
+    return [r for r in parser.rows if r]
+
+
 def test_every_format_shows_the_numbers_of_the_frame(report, tmp_path):
+    page = report_html.html_page(report.grid, report.prepared, report.views)
     tables = report.tables
     assert {v.name for v in tables} >= {"main", "gain", "seeds_needed", "best_vs_last", "reproduction",
                                         "teacher_wrong_right", "cost", "environment", "teachers", "not_done"}
@@ -57,11 +88,15 @@ def test_every_format_shows_the_numbers_of_the_frame(report, tmp_path):
         grid = view.layout()
         frame = view.frame
         md, tex = markdown_rows(render.to_markdown(view)), latex_rows(render.to_latex(view))
-        assert len(md) == len(tex) == len(grid.rows), view.name
+        table = report_html.grid_table(grid, heat=view.name == "gain")
+        assert table in page, view.name
+        rows_html = html_rows(table)
+        assert len(md) == len(tex) == len(rows_html) == len(grid.rows), view.name
         for i, row in enumerate(grid.rows):
             for j, cell in enumerate(row):
                 plain = render_cell(cell, bold=lambda s: s, pm=" ± ", arrow=lambda a: a)
                 assert md[i][j].replace("**", "").replace("\\|", "|") == plain, (view.name, i, j)
+                assert rows_html[i][j] == plain, (view.name, i, j)
                 if cell.source is None:
                     continue
                 index, column = cell.source
@@ -232,3 +267,11 @@ def test_curves_view_and_csv_only_views(tmp_path, report):
     assert (out / "curves.csv").exists() and not (out / "curves.md").exists()
     assert (out / "runs.csv").exists() and not (out / "runs.md").exists()
     assert "curves" not in (out / "report.md").read_text().lower().split("###")[0]
+
+
+def test_report_html_flag_writes_one_page(tmp_path, capsys):
+    build_grid(tmp_path / "results")
+    assert main(["report", "--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                 "--no-plots", "--html"]) == 0
+    assert (tmp_path / "out" / "report.html").exists()
+    assert f"open {tmp_path / 'out' / 'report.html'}" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from kdbench.errors import KdbenchError
 from kdbench.report import plots, provenance, published, run_views, views
 from kdbench.report.cells import cell_frame
 from kdbench.report.curves import curves_view
+from kdbench.report.html import html_page
 from kdbench.report.layout import View
 from kdbench.report.prepare import DEFAULT_BASELINE, Prepared, prepare
 from kdbench.report.render import to_csv, to_latex, to_markdown
@@ -69,9 +70,9 @@ def _suffix(metric: str) -> str:
     return "" if metric == "last" else f"_{metric}"
 
 
-def write_report(report: Report, out: str | Path, *, with_plots: bool = True) -> list[Path]:
-    """Write every view as .csv (and tables as .md and .tex), a combined report .md and the figures
-    (unless `with_plots=False`)."""
+def write_report(report: Report, out: str | Path, *, with_plots: bool = True, html: bool = False) -> list[Path]:
+    """Write every view as .csv (and tables as .md and .tex), a combined report .md, the figures
+    (unless `with_plots=False`) and, with `html`, the self-contained report .html."""
     out = Path(out)
     written: list[Path] = []
     metric = report.prepared.metric
@@ -89,6 +90,10 @@ def write_report(report: Report, out: str | Path, *, with_plots: bool = True) ->
     atomic.write_text(combined, f"# kdbench report: {report.grid}\n\n"
                       + "\n\n".join(to_markdown(v) for v in report.tables))
     written.append(combined)
+    if html:
+        path = out / f"report{_suffix(metric)}.html"
+        atomic.write_text(path, html_page(report.grid, report.prepared, report.views))
+        written.append(path)
     if with_plots:
         written += plots.plot_report(report.prepared, {v.name: v for v in report.views}, out / "plots")
     return written

@@ -82,10 +82,12 @@ def cli_report(args: argparse.Namespace) -> int:
         for view in rep.tables:
             console.print(Markdown(to_markdown(view)))
             console.print()
-        written = write_report(rep, out, with_plots=not args.no_plots)
+        written = write_report(rep, out, with_plots=not args.no_plots, html=args.html)
         n_plots = sum(1 for p in written if p.parent.name == "plots")
-        console.print(f"Wrote {len(written) - n_plots} table files"
-                      + (f" and {n_plots} plot files" if n_plots else "") + f" to {out}/")
+        page = next((p for p in written if p.suffix == ".html"), None)
+        console.print(f"Wrote {len(written) - n_plots - bool(page)} table files"
+                      + (f" and {n_plots} plot files" if n_plots else "") + f" to {out}/"
+                      + (f"; open {page}" if page else ""))
         reported += 1
     if not reported:
         raise KdbenchError(f"no results under {results_dir}/: run `kdbench run GRID` first")
