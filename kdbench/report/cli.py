@@ -1,4 +1,4 @@
-"""`kdbench report`: load a grid's runs, build its report, print it and write its files."""
+"""`kdbench report` and `kdbench compare`: load runs, build the views, print them and write their files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdbench import config, results
+from kdbench import atomic, config, results
 from kdbench.errors import KdbenchError
+from kdbench.report import compare
 from kdbench.report.build import build_report, write_report
-from kdbench.report.prepare import DEFAULT_BASELINE
-from kdbench.report.render import to_markdown
+from kdbench.report.prepare import DEFAULT_BASELINE, prepare
+from kdbench.report.render import to_csv, to_latex, to_markdown
 
-__all__ = ["GRID_COPY", "cli_report", "grid_order"]
+__all__ = ["GRID_COPY", "cli_compare", "cli_report", "grid_order"]
 
 GRID_COPY = "grid.yaml"  # the runner keeps a copy of the grid file here, beside runs/
 _FALLBACK = "rows and columns in first-seen order"
@@ -91,4 +92,29 @@ def cli_report(args: argparse.Namespace) -> int:
         reported += 1
     if not reported:
         raise KdbenchError(f"no results under {results_dir}/: run `kdbench run GRID` first")
+    return 0
+
+
+def cli_compare(args: argparse.Namespace) -> int:
+    """`kdbench compare A B`: print (and with --out write) B − A on the shared pairs and methods."""
+    from rich.markdown import Markdown
+
+    prepared, labels = [], []
+    for side in (args.a, args.b):
+        results_dir, grid = compare.locate(side, args.grid)
+        variant_order, pair_order, warning = grid_order(results_dir, grid)
+        _warn(warning)
+        prepared.append(prepare(results.load(results_dir, grid), metric=args.metric, alpha=args.alpha,
+                                correction=args.correction, variant_order=variant_order, pair_order=pair_order))
+        labels.append(str(Path(results_dir) / grid))
+    view = compare.compare_view(prepared[0], prepared[1], labels[0], labels[1])
+    console = _console()
+    console.print(Markdown(to_markdown(view)))
+    console.print()
+    console.print(compare.summary(view))
+    if args.out:
+        out = Path(args.out)
+        for ext, content in (("md", to_markdown(view)), ("tex", to_latex(view)), ("csv", to_csv(view))):
+            atomic.write_text(out / f"{view.name}.{ext}", content)
+        console.print(f"Wrote {view.name}.md, .tex and .csv to {out}/")
     return 0
