@@ -13,9 +13,11 @@ __all__ = ["ENVIRONMENT", "TEACHERS", "environment_view", "teachers_view"]
 
 ENVIRONMENT = "environment"
 TEACHERS = "teachers"
-# summary.json `environment` fields, in display order (docs/design.md, "Run record").
-_FIELDS = [("kdbench", "kdbench"), ("torch", "torch"), ("cuda", "CUDA"), ("device_name", "Device"),
-           ("git_commit", "Git commit"), ("python", "Python"), ("hostname", "Host")]
+# summary.json `environment` fields shown, in display order (kdbench.provenance.environment);
+# fields a run does not record (an older kdbench) are left out.
+_FIELDS = [("kdbench", "kdbench"), ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("driver", "Driver"),
+           ("device_name", "Device"), ("matmul_allow_tf32", "TF32 matmul"), ("git_commit", "Git commit"),
+           ("git_dirty", "Uncommitted changes"), ("python", "Python"), ("hostname", "Host")]
 
 
 def _env(value: Any) -> dict[str, Any]:
