@@ -6,16 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdbench import atomic, config, results
+from kdbench import atomic, config, records, results
 from kdbench.errors import KdbenchError
 from kdbench.report import compare
 from kdbench.report.build import build_report, write_report
 from kdbench.report.prepare import DEFAULT_BASELINE, prepare
 from kdbench.report.render import to_csv, to_latex, to_markdown
 
-__all__ = ["GRID_COPY", "cli_compare", "cli_report", "grid_order"]
+__all__ = ["cli_compare", "cli_report", "grid_order"]
 
-GRID_COPY = "grid.yaml"  # the runner keeps a copy of the grid file here, beside runs/
 _FALLBACK = "rows and columns in first-seen order"
 
 
@@ -27,7 +26,7 @@ def grid_order(results_dir: Path, grid: str) -> tuple[list[str] | None, list[str
     Returns `(variants, pairs, None)`, or `(None, None, warning)` when the copy is missing
     or no longer parses: the report then uses first-seen order, and says why in one line.
     """
-    path = Path(results_dir) / grid / GRID_COPY
+    path = records.Layout(Path(results_dir), grid).grid_copy
     if not path.is_file():
         return None, None, f"{path}: no copy of the grid file; {_FALLBACK}"
     try:

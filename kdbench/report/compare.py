@@ -15,7 +15,7 @@ from typing import Any, Hashable
 
 import pandas as pd
 
-from kdbench import results
+from kdbench import records, results
 from kdbench.errors import KdbenchError
 from kdbench.report import stats
 from kdbench.report.cells import adjust, compare_seeds
@@ -34,7 +34,7 @@ def locate(path: str | Path, grid: str | None) -> tuple[Path, str]:
     A results folder with several grids needs `grid`; one with a single grid uses it.
     """
     path = Path(path)
-    if (path / "runs").is_dir():
+    if records.Layout(path.parent, path.name).runs_dir.is_dir():
         return path.parent, path.name
     grids = results.grid_names(path)
     if grid is not None:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from kdbench import records
 from kdbench.errors import KdbenchError
 
 __all__ = ["CORRECTIONS", "DEFAULT_BASELINE", "METRICS", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA",
@@ -146,7 +147,7 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
     multi_dataset = frame["dataset"].nunique() > 1
     frame["pair"] = [pair_label(t, s, d if multi_dataset else None)
                        for t, s, d in zip(frame["teacher"], frame["student"], frame["dataset"])]
-    is_done = frame["status"].astype(object).eq("done")
+    is_done = frame["status"].astype(object).eq(records.Status.DONE.value)
     not_done = frame[~is_done].copy()
     done = frame[is_done].copy()
     notes: list[str] = []
