@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from kdbench import devices, methods, models
+from kdbench.compiling import Compiled
 from kdbench.console import console
 from kdbench.errors import KdbenchError
 from kdbench.precision import autocast
@@ -32,8 +33,7 @@ class _Setup:
         self.device, self.options = device, options
         self.teacher = models.build(teacher, num_classes=num_classes, in_channels=in_channels)
         self.teacher = self.teacher.to(device, memory_format=fmt).eval().requires_grad_(False)
-        if options.compile:
-            self.teacher = _compiled(self.teacher)
+        self.teacher_forward = Compiled(self.teacher, options.compile, "teacher's forward")
         self.trainees = []
         for name in method_names:
             member = Member(run_id=name, student=student, method=name, hparams={},
@@ -48,7 +48,7 @@ class _Setup:
 
     def teacher_logits(self) -> dict[str, torch.Tensor]:
         with torch.no_grad(), autocast(self.device, self.options.precision):
-            return {WEAK: self.teacher(self.images)}
+            return {WEAK: self.teacher_forward(self.images)}
 
     def cohort_step(self) -> None:
         self.step_count += 1
@@ -60,13 +60,6 @@ class _Setup:
         self.step_count += 1
         trainee.step({WEAK: self.images}, self.targets, self.teacher_logits(), 30, self.step_count,
                      self.options.precision)
-
-
-def _compiled(module: torch.nn.Module) -> torch.nn.Module:
-    try:
-        return torch.compile(module)
-    except Exception:  # the trainee falls back the same way and warns once
-        return module
 
 
 def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
@@ -122,13 +115,31 @@ def measure(
         )
         result["separate_student_images_per_s"] = k * batch_size * steps / separate_seconds
         result["speedup"] = result["student_images_per_s"] / result["separate_student_images_per_s"]
-    teacher_macs = models.count_macs(setup.teacher if not compile else models.build(teacher, num_classes, in_channels),
-                                     in_channels, image_size)
+    teacher_macs = models.count_macs(models.build(teacher, num_classes, in_channels), in_channels, image_size)
     student_macs = models.count_macs(models.build(student, num_classes, in_channels), in_channels, image_size)
     # Training a student costs about 3 forwards (forward + backward); the teacher 1.
     flops_per_step = 2 * batch_size * (teacher_macs + 3 * k * student_macs)
     result["cohort_tflops"] = flops_per_step * steps / cohort_seconds / 1e12
+    result["gemm_peak_tflops"] = gemm_peak_tflops(dev, precision)
+    result["share_of_gemm_peak"] = result["cohort_tflops"] / result["gemm_peak_tflops"]
     return result
+
+
+def gemm_peak_tflops(device: torch.device, precision: str, size: int | None = None, repeats: int | None = None) -> float:
+    """This device's matmul peak in `precision`, measured now: a large square GEMM, TFLOP/s.
+
+    The cohort's achieved FLOP/s is reported as a share of it: what the convolutions,
+    normalisations and losses leave on the table, on this machine, in this run.
+    """
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    # CPUs have no fast fp16 matmul (2048² would take minutes): a smaller GEMM shows its peak.
+    size = size or (8192 if device.type == "cuda" else 256 if precision == "fp16" else 2048)
+    repeats = repeats or (20 if device.type == "cuda" else 5)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device, dtype)
+    b = torch.randn(size, size, generator=g).to(device, dtype)
+    seconds = _timed(lambda: a @ b, repeats, 2, device)
+    return 2 * size**3 * repeats / seconds / 1e12
 
 
 def step_costs(archs: list[str], *, device: str | torch.device, batch_size: int, precision: str,
@@ -204,5 +215,6 @@ def _print_result(r: dict[str, Any]) -> None:
     console().print(table)
     if "speedup" in r:
         console().print(f"cohort speed-up: {r['speedup']:.2f}×")
-    if r["device"].startswith("cuda"):
-        console().print(f"achieved: {r['cohort_tflops']:.1f} TFLOP/s (from the models' MACs)")
+    console().print(f"achieved: {r['cohort_tflops'] * 1e3:,.1f} GFLOP/s (from the models' MACs), "
+                    f"{100 * r['share_of_gemm_peak']:.0f}% of this device's {r['precision']} matmul peak "
+                    f"({r['gemm_peak_tflops'] * 1e3:,.1f} GFLOP/s, a large GEMM measured in the same run)")

@@ -1,4 +1,4 @@
-"""The `kdbench` command line: run, status, verify, report, list, bench, teachers.
+"""The `kdbench` command line: run, status, verify, report, compare, list, bench, doctor, teachers.
 
 Every subcommand has `--help`. Errors a user can fix print as one line, exit code 2.
 """
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on cpu, 200 on cuda)")
     bench.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default: 3 on cpu, 20 on cuda)")
     bench.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32 (default) or bf16 autocast")
+    bench.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                       help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler per member")
     bench.add_argument("--compile", action="store_true", help="torch.compile the models")
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     bench.add_argument("--num-classes", type=int, default=100, help="classes (default: 100)")
@@ -144,6 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure only the on-device data pipeline (a CIFAR-sized epoch) and torchvision's DataLoader")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_methods_dir(bench)
+
+    doctor = sub.add_parser(
+        "doctor", help="check this machine: versions, device, precisions, data, teachers, extras (--quick: train briefly)",
+        description="Check that this machine can run kdbench: Python and PyTorch, the device and its precisions "
+        "(bf16, fp16, TF32) and torch.compile, the data root and the datasets on disk (MD5), the teachers "
+        "(SHA-256), the results folder, the optional extras. One line per check, ✓ or ✗ with a fix; the last "
+        "line of standard output is a JSON summary. Exit code 1 only if the device can't train.",
+    )
+    doctor.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    doctor.add_argument(
+        "--quick", action="store_true",
+        help="also train a 2-epoch synthetic cohort in fp32 and bf16 (fp16 on GPUs without bf16), check exact "
+        "resume, compile a model, run every method's conformance checks and a short bench (a few minutes)",
+    )
+    _add_data_dir(doctor)
+    doctor.add_argument("--results-dir", default="results", metavar="DIR",
+                        help="the results folder to check (default: results)")
+    doctor.add_argument("--scale", choices=["quick", "tiny"], default="quick", help=argparse.SUPPRESS)  # tests
+    _add_methods_dir(doctor)
 
     teachers = sub.add_parser("teachers", help="fetch, evaluate or train teacher checkpoints",
                               description="Manage teacher checkpoints: fetch the reference release, measure their accuracy, or train one.")
@@ -205,6 +225,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from kdbench import bench
 
         return bench.cli_bench(args)
+    if args.command == "doctor":
+        from kdbench import doctor
+
+        return doctor.cli_doctor(args)
     if args.command == "teachers":
         from kdbench import teachers
 

@@ -30,6 +30,7 @@ from kdbench.errors import KdbenchError
 from kdbench.evaluation import evaluate, teacher_correctness
 from kdbench.faults import CohortFault, StorageFault, is_cohort_fault, reraise_for_debugging, writing
 from kdbench import precision as precisions
+from kdbench.compiling import Compiled
 from kdbench.precision import autocast
 from kdbench.provenance import NondeterminismRecorder, environment, set_deterministic
 from kdbench.recipe import Options
@@ -133,6 +134,7 @@ class _CohortTrainer:
         self.env = environment(device)
         self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
         self.teacher: nn.Module | None = None
+        self.teacher_forward: Compiled | None = None
         self.teacher_top1: float | None = None
         self.teacher_correct: Tensor | None = None
         self._load_teacher()
@@ -152,6 +154,7 @@ class _CohortTrainer:
             self.teacher = teacher.to(self.device, memory_format=self.memory_format).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+            self.teacher_forward = Compiled(self.teacher, self.options.compile, "teacher's forward")
             test = self.data.test
             self.teacher_correct = teacher_correctness(self.teacher, test, self.device, self.options.precision,
                                                        num_samples=test.num_samples)
@@ -306,7 +309,7 @@ class _CohortTrainer:
             teacher_logits: dict[str, Tensor] = {}
             for view in teacher_views:
                 with torch.no_grad(), autocast(self.device, precision):
-                    teacher_logits[view] = self.teacher(images[view])
+                    teacher_logits[view] = self.teacher_forward(images[view])
             for trainee in active:
                 if trainee.failure is not None:
                     continue

@@ -8,15 +8,15 @@ terms and first non-finite step. Its `step` never syncs with the host.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kdbench import distributed, methods, models
+from kdbench.compiling import Compiled
 from kdbench.precision import autocast, grad_scaler
 from kdbench.recipe import Options, Schedule
 from kdbench.records import Failure, RecordError, now_iso
@@ -83,8 +83,11 @@ class Trainee:
             # Fused SGD takes the scaler's inf check as a tensor: no host sync in the step.
             **({"fused": True} if self.scaler is not None else {}),
         )
-        self.forward: Callable[[Tensor], Tensor] = distributed.wrap(model, device)
-        self.compile_pending = options.compile
+        # With options.compile: the forward (and through it its backward), the loss and the
+        # optimizer step are compiled; the fp16 scaler's fused step stays eager.
+        self.forward = Compiled(distributed.wrap(model, device), options.compile, "student's forward")
+        self.loss = Compiled(method, options.compile, f"loss of {member.method}")
+        self.optimizer_step = Compiled(self.optimizer.step, options.compile and self.scaler is None, "optimizer step")
         # Progress, restored from the checkpoint on resume.
         self.epochs_done = 0
         self.history: list[dict[str, Any]] = []
@@ -142,16 +145,16 @@ class Trainee:
              step: int, precision: str) -> None:
         """One SGD step on the batch; `images` and `teacher_logits` are keyed by view."""
         with autocast(self.device, precision):
-            logits = {view: self._forward(images[view]) for view in self.views}
+            logits = {view: self.forward(images[view]) for view in self.views}
         with torch.autocast(self.device.type, enabled=False):
             # Without a teacher forward (none in the cohort, or the method needs none) the
             # method gets an empty teacher: a 0-d zero, or an empty dict of views.
             if self.multi_view:
                 teacher = {v: teacher_logits[v].float() for v in self.views if v in teacher_logits}
-                terms = self.method({v: logits[v].float() for v in self.views}, teacher, targets, epoch=epoch)
+                terms = self.loss({v: logits[v].float() for v in self.views}, teacher, targets, epoch=epoch)
             else:
                 teacher = teacher_logits[WEAK].float() if WEAK in teacher_logits else logits[WEAK].new_zeros(())
-                terms = self.method(logits[WEAK].float(), teacher, targets, epoch=epoch)
+                terms = self.loss(logits[WEAK].float(), teacher, targets, epoch=epoch)
         if self.term_names is None:
             self.term_names = list(terms)
         values = torch.stack([v.detach().float() for v in terms.values()])
@@ -159,7 +162,7 @@ class Trainee:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
-            self.optimizer.step()
+            self.optimizer_step()
         else:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -228,18 +231,6 @@ class Trainee:
         """The method's per-epoch scalars, as `method_<name>` metrics fields."""
         return {f"method_{k}": v for k, v in methods.epoch_scalars(self.method).items()}
 
-    def _forward(self, images: Tensor) -> Tensor:
-        if self.compile_pending:
-            self.compile_pending = False
-            try:
-                compiled = torch.compile(self.forward)
-                logits = compiled(images)
-                self.forward = compiled
-                return logits
-            except Exception as exc:  # compile support varies by platform; eager is always correct
-                warn_once(f"torch.compile is unavailable here ({type(exc).__name__}); training eagerly")
-        return self.forward(images)
-
 
 def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
     if isinstance(old, dict) and isinstance(new, dict):
@@ -251,13 +242,3 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
     if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
         old, new = list(old), list(new)
     return None if old == new else (path or "<root>", old, new)
-
-
-_warned: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    """A RuntimeWarning, at most once per process for the same message."""
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)

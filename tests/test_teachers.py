@@ -80,8 +80,19 @@ def test_bench_reports_cohort_and_separate_throughput(capsys, args):
     assert code == 0
     if args:
         result = json.loads(out)
-        for key in ("student_images_per_s", "separate_student_images_per_s", "cohort_size", "device", "precision"):
+        for key in ("student_images_per_s", "separate_student_images_per_s", "cohort_size", "device", "precision",
+                    "cohort_tflops", "gemm_peak_tflops", "share_of_gemm_peak"):
             assert key in result
         assert result["cohort_size"] == 2 and result["device"] == "cpu" and result["precision"] == "fp32"
+        assert result["share_of_gemm_peak"] == pytest.approx(result["cohort_tflops"] / result["gemm_peak_tflops"])
     else:
         assert "cohort (one teacher forward)" in out and "one at a time" in out
+        assert "GFLOP/s (from the models' MACs)" in out and "% of this device's fp32 matmul peak" in out
+
+
+def test_bench_trains_in_fp16_with_a_scaler(capsys):
+    code = cli.main(["bench", "--teacher", "resnet8", "--student", "resnet8", "--methods", "kd", "--steps", "2",
+                     "--warmup-steps", "0", "--batch-size", "8", "--device", "cpu", "--precision", "fp16",
+                     "--no-separate", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["precision"] == "fp16" and result["student_images_per_s"] > 0

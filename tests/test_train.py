@@ -1,6 +1,7 @@
 """The cohort harness: exact resume, shared-teacher equivalence, NaN isolation, no host syncs."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,21 @@ def test_ctkd_temperature_is_learned_through_the_reversal_and_logged_each_epoch(
     assert [row["method_temperature"] for row in metrics] == curve
     state = torch.load(tmp_path / "ctkd" / "checkpoint.pt", weights_only=True)
     assert set(state["method"]) == {"theta"} and state["method"]["theta"].item() != 1.0  # saved for resume
+
+
+def test_compiled_training_agrees_with_eager(splits):
+    def train(compile: bool):
+        run = CohortSpec(dataset=SPEC, seed=0, members=[member("dkd", None, epochs=1), member("ctkd", None, epochs=1)],
+                         teacher=TEACHER, teacher_model=teacher_model(), options=Options(compile=compile))
+        return train_cohort(run, "cpu", data=splits)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # an eager fallback would make this test vacuous
+        compiled = train(True)
+    eager = train(False)
+    for a, b in zip(compiled, eager):
+        assert a.status == b.status == "done"
+        for key in ("train_loss", "loss_ce", "test_loss", "test_top1"):
+            assert a.history[-1][key] == pytest.approx(b.history[-1][key], rel=1e-3, abs=1e-3), key
+        for key, value in a.model.state_dict().items():
+            torch.testing.assert_close(value, b.model.state_dict()[key], rtol=1e-3, atol=1e-4)
