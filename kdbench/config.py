@@ -161,6 +161,7 @@ class Variant:
     hparams: dict[str, Any]
     base: str
     sweep: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "grid"  # "own": the method's official per-pair schedule (`own_schedules`)
 
 
 @dataclass(frozen=True)
@@ -556,6 +557,7 @@ class _Parser:
             body = dict(self.mapping(body, path, what="a mapping of hyper-parameters"))
             method_path = f"{path}.method" if "method" in body else path
             method = self.method_name(body.pop("method", label), method_path)
+            protocol = self.protocol(method, body.pop("protocol", "grid"), f"{path}.protocol")
             params = self.method_params(method, body, path, allow_sweeps=True)
             swept = [k for k, v in params.items() if isinstance(v, _Sweep)]
             # One variant per combination of swept values, the first swept key varying slowest.
@@ -565,10 +567,22 @@ class _Parser:
                 if sweep:
                     sub_label += "(" + ",".join(f"{k}={_label_value(params[k].raw[i])}" for k, i in zip(swept, picks)) + ")"
                 hparams = self.resolve_hparams(method, {**params, **sweep}, path)
-                variants.append(Variant(label=sub_label, method=method, hparams=hparams, base=label, sweep=sweep))
+                variants.append(Variant(label=sub_label, method=method, hparams=hparams, base=label, sweep=sweep,
+                                        protocol=protocol))
         # Labels are unique by construction: base labels are mapping keys without parentheses.
-        self.check_distinct([(v.label, v.method, v.hparams) for v in variants], "methods")
+        self.check_distinct([(v.label, v.method, {**v.hparams, "(protocol)": v.protocol}) for v in variants],
+                            "methods")
         return variants
+
+    def protocol(self, method: str, value: Any, path: str) -> str:
+        """`grid` (the grid's schedule, the default) or `own` (the method's official schedules)."""
+        if value not in ("grid", "own"):
+            raise self.fail(path, f"expected grid or own, got {describe_value(value)}")
+        from kdbench import methods
+
+        if value == "own" and not methods.own_schedules(method):
+            raise self.fail(path, f"method '{method}' declares no schedule of its own (own_schedules); expected grid")
+        return value
 
     def method_name(self, value: Any, path: str) -> str:
         if not isinstance(value, str) or not value:
@@ -697,7 +711,17 @@ class _Parser:
             extra = method_overrides.get(v.base)
             hparams[v.label] = (self.resolve_hparams(v.method, {**v.hparams, **extra}, f"{path}.methods.{v.base}")
                                 if extra else v.hparams)
-        self.check_distinct([(v.label, v.method, hparams[v.label]) for v in chosen], f"{path}.methods")
+        self.check_distinct([(v.label, v.method, {**hparams[v.label], "(protocol)": v.protocol}) for v in chosen],
+                            f"{path}.methods")
+        pair_name = f"{teacher.arch if teacher else ''}->{student}"
+        for v in chosen:
+            if v.protocol == "own":
+                from kdbench import methods
+
+                known = methods.own_schedules(v.method)
+                if pair_name not in known:
+                    raise self.fail(path, f"variant '{v.label}' trains under {v.method}'s own schedules, which have "
+                                          f"none for {pair_name}; known: {', '.join(known)}")
         return Pair(index=index, teacher=teacher, student=student, schedule=overrides, methods=method_overrides,
                     variants=tuple(v.label for v in chosen), hparams=hparams)
 

@@ -206,6 +206,12 @@ def epoch_scalars(method: nn.Module) -> dict[str, float]:
     return {str(k): float(v) for k, v in fn().items()}
 
 
+def own_schedules(name: str) -> dict[str, dict[str, Any]]:
+    """The method's official per-pair schedules (`own_schedules`: "teacher->student" → schedule keys),
+    used by variants with `protocol: own`; {} if it declares none."""
+    return dict(getattr(method_class(name), "own_schedules", None) or {})
+
+
 def reference(name: str) -> tuple[str, str]:
     """The paper and the official code a method follows: its class attributes `paper` and `code`
     ("" where it declares none)."""

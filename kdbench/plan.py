@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kdbench import methods
 from kdbench.config import Grid, Pair
 from kdbench.errors import KdbenchError
 from kdbench.recipe import resolve_schedule, run_options
@@ -67,8 +68,9 @@ def teacher_config(grid: Grid, pair: Pair) -> dict[str, Any] | None:
 def run_config(grid: Grid, pair: Pair, label: str, seed: int) -> dict[str, Any]:
     """The fully resolved config of one run: what `run_id` hashes and `config.yaml` holds."""
     variant = grid.variant(label)
-    schedule = resolve_schedule(pair.student, {**grid.schedule, **pair.schedule})
-    return _json_clean({
+    own = methods.own_schedules(variant.method)[pair.name] if variant.protocol == "own" else {}
+    schedule = resolve_schedule(pair.student, {**grid.schedule, **pair.schedule, **own})
+    config = {
         "dataset": grid.dataset,
         "teacher": teacher_config(grid, pair),
         "student": pair.student,
@@ -77,7 +79,10 @@ def run_config(grid: Grid, pair: Pair, label: str, seed: int) -> dict[str, Any]:
         "seed": seed,
         "schedule": schedule,
         "options": run_options(grid.options),
-    })
+    }
+    if variant.protocol == "own":
+        config["protocol"] = "own"  # only then: the run ids of every other run stay as they were
+    return _json_clean(config)
 
 
 def cohort_key_of(config: dict[str, Any]) -> dict[str, Any]:

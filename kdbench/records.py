@@ -151,6 +151,7 @@ class Summary:
     hparams: dict[str, Any] | None = None
     seed: int | None = None
     schedule: dict[str, Any] | None = None
+    protocol: str | None = None
     options: dict[str, Any] | None = None
     failure: Failure | None = None
     epochs: int | None = None

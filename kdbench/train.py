@@ -426,6 +426,7 @@ class _CohortTrainer:
             teacher_sha256=self.cohort.teacher_sha256, teacher_top1=self.teacher_top1,
             student=member.student, method=member.method, variant=record.pop("variant", member.method),
             hparams=member.hparams, seed=self.cohort.seed, schedule=member.schedule.to_dict(),
+            protocol=member.config.get("protocol"),
             options={"precision": self.options.precision, "channels_last": self.options.channels_last,
                      "compile": self.options.compile, "processes": distributed.world_size()},
             failure=trainee.failure if status == Status.FAILED else None, epochs=self.epochs,

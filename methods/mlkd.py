@@ -18,6 +18,17 @@ class MLKD(nn.Module):
     """
 
     views = ("weak", "strong")
+    # Its official CIFAR-100 schedules (configs/cifar100/ours/*.yaml), for variants with `protocol: own`.
+    own_schedules = {
+        pair: {"epochs": epochs, "lr": lr, "batch_size": 64, "momentum": 0.9, "weight_decay": 5e-4,
+               "milestones": [150, 180, 210], "lr_decay": 0.1}
+        for pairs, epochs, lr in [
+            (("resnet32x4->resnet8x4", "vgg13->vgg8", "wrn_40_2->wrn_40_1", "wrn_40_2->wrn_16_2",
+              "resnet56->resnet20", "resnet110->resnet32"), 240, 0.025),
+            (("ResNet50->MobileNetV2", "vgg13->MobileNetV2", "wrn_40_2->ShuffleV1"), 480, 0.01),
+            (("resnet32x4->ShuffleV1", "resnet32x4->ShuffleV2"), 960, 0.01)]
+        for pair in pairs
+    }
     paper = "Jin, Wang & Lin, CVPR 2023"
     code = "https://github.com/Jin-Ying/Multi-Level-Logit-Distillation/blob/5ee473fcf193dfb00a0598b64d0acfe6ad58a482/mdistiller/distillers/KD_ours.py"
 
