@@ -57,3 +57,16 @@ def test_the_shipped_own_protocol_grid():
     assert len(runs) == 10 * 3 * 3
     own = [r for r in runs if r.variant == "mlkd_own"]
     assert {r.config["schedule"]["epochs"] for r in own} == {240, 480, 960}
+
+
+def test_reports_mark_own_protocol_rows(tmp_path):
+    from _report_fake import write_run
+    from kdbench.report import prepare
+    from kdbench import results
+
+    for seed in (0, 1):
+        write_run(tmp_path, "g", variant="kd", pair="resnet56->resnet20", seed=seed, final_top1=70.0 + seed)
+        write_run(tmp_path, "g", variant="mlkd_own", pair="resnet56->resnet20", seed=seed, final_top1=71.0 + seed,
+                  protocol="own")
+    prep = prepare.prepare(results.load(tmp_path), baseline="kd")
+    assert prep.protocols == {"mlkd_own": prepare.OWN_PROTOCOL}

@@ -196,12 +196,17 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
                     protocols=_protocols(table_runs, protocols), notes=notes)
 
 
+#: The note of rows trained with `protocol: own` (their summaries say "own").
+OWN_PROTOCOL = ("own protocol: trained under the method's official per-pair schedules (its `own_schedules`; "
+                "kdbench docs, README \"MLKD's own protocol\"), not under this grid's common recipe")
+
+
 def _protocols(runs: pd.DataFrame, extra: Mapping[str, str] | None) -> dict[str, str]:
     """Variant → protocol note, from the runs' `protocol` field, then `extra`."""
     out: dict[str, str] = {}
     if "protocol" in runs.columns:
         for variant, group in runs.groupby("variant", sort=False):
-            notes = [p for p in dict.fromkeys(group["protocol"].map(text)) if p]
+            notes = [OWN_PROTOCOL if p == "own" else p for p in dict.fromkeys(group["protocol"].map(text)) if p]
             if notes:
                 out[str(variant)] = "; ".join(notes)
     out.update({k: v for k, v in (extra or {}).items() if v})
