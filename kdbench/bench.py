@@ -18,7 +18,6 @@ import torch
 from kdbench import devices, methods, models
 from kdbench.compiling import Compiled
 from kdbench.console import console
-from kdbench.errors import KdbenchError
 from kdbench.precision import autocast
 from kdbench.recipe import Options, Schedule
 from kdbench.trainee import WEAK, Member, Trainee, build_student

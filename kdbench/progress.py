@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kdbench.console import console, is_interactive
 from kdbench.trainee import Member
+
+
+class Reporter(Protocol):
+    """What `train_cohort` tells about its progress; `CohortProgress` draws bars or prints lines."""
+
+    def cohort_started(self, members: list[Member], epochs: int, start_epoch: int, steps_per_epoch: int,
+                       batch_size: int) -> None: ...
+    def step_done(self, epoch: int, step: int) -> None: ...
+    def epoch_done(self, epoch: int, rows: dict[str, dict[str, Any]]) -> None: ...
+
+
+class SilentReporter:
+    """A `Reporter` that says nothing (tests, benchmarks)."""
+
+    def cohort_started(self, members: list[Member], epochs: int, start_epoch: int, steps_per_epoch: int,
+                       batch_size: int) -> None:
+        pass
+
+    def step_done(self, epoch: int, step: int) -> None:
+        pass
+
+    def epoch_done(self, epoch: int, rows: dict[str, dict[str, Any]]) -> None:
+        pass
 
 
 def _accuracy_line(rows: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
@@ -54,7 +77,7 @@ class GridProgress:
 
 
 class CohortProgress:
-    """The `train.Reporter` of one cohort."""
+    """The `Reporter` of one cohort: a bar on a terminal, a line per epoch otherwise."""
 
     def __init__(self, grid: GridProgress, description: str, labels: dict[str, str]):
         self.grid, self.description, self.labels = grid, description, labels

@@ -15,85 +15,31 @@ member's (the teacher, out of memory, a poisoned CUDA context) raise `CohortFaul
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from kdbench import atomic, distributed, models, records
+from kdbench import distributed, models, records
 from kdbench.errors import KdbenchError
 from kdbench.evaluation import evaluate, teacher_correctness
-from kdbench.faults import CohortFault, StorageFault, is_cohort_fault, reraise_for_debugging, writing
+from kdbench.faults import CohortFault, StorageFault, is_cohort_fault, reraise_for_debugging
 from kdbench import precision as precisions
 from kdbench.compiling import Compiled
 from kdbench.precision import autocast
+from kdbench.progress import Reporter, SilentReporter
 from kdbench.provenance import NondeterminismRecorder, environment, set_deterministic
 from kdbench.recipe import Options
-from kdbench.records import Failure, Status, Summary, now_iso
-from kdbench.teacher_ref import TeacherRef
-from kdbench.tracking import Sinks, open_sinks
-from kdbench.trainee import WEAK, Member, Trainee, build_method, build_student
-
-
-@dataclass
-class CohortSpec:
-    """What `train_cohort` trains: a teacher (or none) plus members sharing dataset, seed,
-    epochs and batch size.
-
-    The teacher's weights come from `teacher.path` (or torchvision), or ready-made as
-    `teacher_model` (benchmarks, tests). `teacher_sha256` is the hash the caller verified
-    for the teacher file; each resumed member's checkpoint must have recorded the same one.
-    """
-
-    dataset: dict[str, Any] | str
-    seed: int
-    members: list[Member]
-    teacher: TeacherRef | None = None
-    teacher_sha256: str | None = None
-    options: Options = field(default_factory=Options)
-    data_root: Path = Path("data")
-    teacher_model: nn.Module | None = None
-
-
-@dataclass
-class MemberResult:
-    """What `train_cohort` returns per member."""
-
-    run_id: str
-    status: Status  # done, failed, or running (stopped early)
-    epochs_done: int
-    summary: Summary
-    history: list[dict[str, Any]]
-    model: nn.Module | None
+from kdbench.records import Failure, Status, now_iso
+from kdbench.cohort_records import CohortWriter
+from kdbench.trainee import WEAK, CohortSpec, Member, MemberResult, Trainee, build_method, build_student
 
 
 class TrainingInterrupted(Exception):
     """Raised after a stop request: every member was checkpointed mid-epoch."""
-
-
-class Reporter(Protocol):
-    """Progress callbacks; the runner draws bars or prints lines from them."""
-
-    def cohort_started(self, members: list[Member], epochs: int, start_epoch: int, steps_per_epoch: int,
-                       batch_size: int) -> None: ...
-    def step_done(self, epoch: int, step: int) -> None: ...
-    def epoch_done(self, epoch: int, rows: dict[str, dict[str, Any]]) -> None: ...
-
-
-class _SilentReporter:
-    def cohort_started(self, members, epochs, start_epoch, steps_per_epoch, batch_size) -> None:
-        pass
-
-    def step_done(self, epoch, step) -> None:
-        pass
-
-    def epoch_done(self, epoch, rows) -> None:
-        pass
 
 
 def build_data(dataset: dict[str, Any] | str, *, root: Path, device: torch.device | str, seed: int,
@@ -127,15 +73,14 @@ class _CohortTrainer:
         precisions.check(device, self.options.precision)
         set_deterministic(device, self.options.deterministic)
         self.recorder = NondeterminismRecorder() if self.options.deterministic else None
-        self.sinks: dict[str, Sinks] = {}
         self.data = data if data is not None else build_data(
             cohort.dataset, root=cohort.data_root, device=device, seed=cohort.seed, batch_size=self.batch_size,
             options=self.options)
         self.env = environment(device)
+        self.writer = CohortWriter(cohort, self.data.name, device, self.env, self.epochs, self.recorder)
         self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
         self.teacher: nn.Module | None = None
         self.teacher_forward: Compiled | None = None
-        self.teacher_top1: float | None = None
         self.teacher_correct: Tensor | None = None
         self._load_teacher()
         self.trainees = [self._prepare(m) for m in cohort.members]
@@ -158,7 +103,7 @@ class _CohortTrainer:
             test = self.data.test
             self.teacher_correct = teacher_correctness(self.teacher, test, self.device, self.options.precision,
                                                        num_samples=test.num_samples)
-            self.teacher_top1 = evaluate(self.teacher, test, self.device, self.options.precision)["top1"]
+            self.writer.teacher_top1 = evaluate(self.teacher, test, self.device, self.options.precision)["top1"]
         except Exception as exc:
             reraise_for_debugging()
             raise CohortFault(f"teacher {ref.label}: {records.exception_reason(exc)}") from exc
@@ -187,12 +132,8 @@ class _CohortTrainer:
             raise KdbenchError(f"method {trainee.member.method} needs the {' and '.join(missing)} view of each image, "
                                f"which dataset {self.data.name} does not provide")
 
-    def _checkpoint_path(self, trainee: Trainee) -> Path | None:
-        out = trainee.member.out_dir
-        return None if out is None else Path(out) / records.CHECKPOINT
-
     def _resume(self, trainee: Trainee) -> None:
-        path = self._checkpoint_path(trainee)
+        path = self.writer.checkpoint_path(trainee)
         if path is None or not path.exists():
             return
         try:
@@ -213,17 +154,8 @@ class _CohortTrainer:
         if is_cohort_fault(exc):
             raise CohortFault(records.exception_reason(exc)) from exc
         reason = records.exception_reason(exc) if not isinstance(exc, (KdbenchError, records.RecordError)) else str(exc)
-        failure = Failure(reason=reason, epoch=epoch, step=step)
-        out = trainee.member.out_dir
-        trainee.failure = failure
-        if trainee.run_id in self.sinks:
-            self.sinks.pop(trainee.run_id).close(failed=True)
-        if out is not None:
-            where = f"run {trainee.run_id}, epoch {epoch}" + (f", step {step}" if step else "") + f": {stage}"
-            with writing(Path(out) / records.ERROR_LOG):
-                failure.error_log = records.write_error_log(Path(out), failure, exc, where)
-                if distributed.is_main():
-                    records.write_failure(Path(out), trainee.member.config, self._summary(trainee, Status.FAILED))
+        where = f"run {trainee.run_id}, epoch {epoch}" + (f", step {step}" if step else "") + f": {stage}"
+        self.writer.fail(trainee, Failure(reason=reason, epoch=epoch, step=step), exc, where)
         if distributed.active():
             raise CohortFault(f"run {trainee.run_id} failed under DDP ({reason}); the cohort stops") from exc
 
@@ -241,8 +173,8 @@ class _CohortTrainer:
             # Who trained which epochs: a resumed run shows one session per (re)start.
             trainee.sessions.append({"host": self.env["hostname"], "pid": os.getpid(), "started_at": now_iso(),
                                      "start_epoch": trainee.epochs_done})
-            self._write_records(trainee, Status.RUNNING)
-            self._open_sinks(trainee)
+            self.writer.write(trainee, Status.RUNNING)
+            self.writer.open_sinks(trainee)
         try:
             with self.recorder or contextlib.nullcontext():
                 for epoch in range(start + 1, last + 1):
@@ -251,23 +183,8 @@ class _CohortTrainer:
                         break
                     self._train_epoch(epoch, active)
         finally:
-            for run_id, sinks in self.sinks.items():
-                sinks.close()
+            self.writer.close_sinks()
         return [self._result(t) for t in self.trainees]
-
-    def _open_sinks(self, trainee: Trainee) -> None:
-        """The member's tracking sinks (`options.log`), fed the same rows as metrics.jsonl."""
-        out = trainee.member.out_dir
-        if not self.options.log or out is None or not distributed.is_main():
-            return
-        record = trainee.member.record
-        ref = self.cohort.teacher
-        label = f"{ref.arch if ref else ''}->{trainee.member.student} {record.get('variant', trainee.member.method)} " \
-                f"seed {self.cohort.seed}"
-        self.sinks[trainee.run_id] = open_sinks(
-            self.options.log, out, run_config=trainee.member.config, run_id=trainee.run_id,
-            grid=record.get("grid") or "", cohort=record.get("cohort") or "", start_epoch=trainee.epochs_done,
-            label=label)
 
     def _views(self, active: list[Trainee]) -> tuple[list[str], list[str]]:
         """The views the students need, and those the teacher must see."""
@@ -322,7 +239,7 @@ class _CohortTrainer:
                 elapsed = train_seconds + time.perf_counter() - started
                 for trainee in active:
                     if trainee.failure is None:
-                        self._save_checkpoint(trainee, partial={
+                        self.writer.save_checkpoint(trainee, partial={
                             "epoch": epoch, "step": step, "train_seconds": elapsed,
                             "accumulators": trainee.accumulators()})
                 raise TrainingInterrupted(f"stopped at epoch {epoch}, step {step}; progress saved")
@@ -352,13 +269,11 @@ class _CohortTrainer:
             loss_sum, correct, first_bad = torch.cat([totals / torch.tensor([world, 1.0], device=totals.device),
                                                       first_bad_step.double()[None]]).tolist()
             if first_bad >= 0:
-                trainee.failure = Failure(reason="non-finite loss", epoch=epoch, step=int(first_bad),
-                                          terms=dict(zip(trainee.term_names, trainee.bad_terms.tolist())))
-                if trainee.member.out_dir is not None:
-                    with writing(Path(trainee.member.out_dir) / records.ERROR_LOG):
-                        trainee.failure.error_log = records.write_error_log(
-                            Path(trainee.member.out_dir), trainee.failure, None,
-                            f"run {trainee.run_id}, epoch {epoch}, step {int(first_bad)}: the loss is not finite")
+                trainee.wall_seconds += time.perf_counter() - started
+                failure = Failure(reason="non-finite loss", epoch=epoch, step=int(first_bad),
+                                  terms=dict(zip(trainee.term_names, trainee.bad_terms.tolist())))
+                self.writer.fail(trainee, failure, None,
+                                 f"run {trainee.run_id}, epoch {epoch}, step {int(first_bad)}: the loss is not finite")
                 continue
             row: dict[str, Any] = {"epoch": epoch, "lr": lrs[trainee.run_id],
                                    "train_loss": loss_sum / steps, "train_top1": 100.0 * correct / num_images}
@@ -378,79 +293,26 @@ class _CohortTrainer:
             rows[trainee.run_id] = row
         epoch_seconds = time.perf_counter() - started
         for trainee in active:
-            trainee.wall_seconds += epoch_seconds
             if trainee.failure is not None:
-                self._write_records(trainee, Status.FAILED)
-                if trainee.run_id in self.sinks:
-                    self.sinks.pop(trainee.run_id).close(failed=True)
-                continue
+                continue  # recorded when it failed
+            trainee.wall_seconds += epoch_seconds
             trainee.epochs_done = epoch
             row = rows[trainee.run_id]
             row["epoch_seconds"] = epoch_seconds
             row["images_per_s"] = num_images / train_seconds if train_seconds > 0 else None
             trainee.history.append(row)
             status = Status.DONE if epoch == self.epochs else Status.RUNNING
-            self._save_checkpoint(trainee, status=status)
-            self._write_records(trainee, status)
-            if trainee.run_id in self.sinks:
-                self.sinks[trainee.run_id].log_epoch(row)
+            self.writer.save_checkpoint(trainee, status=status)
+            self.writer.write(trainee, status)
+            self.writer.log_epoch(trainee, row)
         self.reporter.epoch_done(epoch, rows)
-
-    # ----- records -------------------------------------------------------------------
-    def _save_checkpoint(self, trainee: Trainee, status: Status = Status.RUNNING,
-                         partial: dict[str, Any] | None = None) -> None:
-        path = self._checkpoint_path(trainee)
-        if path is None or not distributed.is_main():
-            return
-        # The summary travels in the checkpoint too: enough to rebuild summary.json should it be damaged.
-        record = json.loads(json.dumps(self._summary(trainee, status).to_json()))
-        with writing(path):
-            atomic.torch_save(path, trainee.checkpoint(self.cohort.seed, self.cohort.teacher_sha256, record, partial))
-
-    def _write_records(self, trainee: Trainee, status: Status) -> None:
-        out = trainee.member.out_dir
-        if out is None or not distributed.is_main():
-            return
-        with writing(Path(out) / records.SUMMARY):
-            records.write_record(Path(out), trainee.member.config, trainee.history, self._summary(trainee, status))
-
-    def _summary(self, trainee: Trainee, status: Status) -> Summary:
-        member, ref = trainee.member, self.cohort.teacher
-        record = dict(member.record)
-        return Summary(
-            run_id=member.run_id, status=status, grid=record.pop("grid", None), cohort=record.pop("cohort", None),
-            dataset=self.data.name,
-            dataset_spec=self.cohort.dataset if isinstance(self.cohort.dataset, dict) else {"name": self.cohort.dataset},
-            pair=f"{ref.arch if ref else ''}->{member.student}", teacher=ref.arch if ref else None,
-            teacher_checkpoint=None if ref is None else str(ref.path if ref.path is not None else ref.source.value),
-            teacher_sha256=self.cohort.teacher_sha256, teacher_top1=self.teacher_top1,
-            student=member.student, method=member.method, variant=record.pop("variant", member.method),
-            hparams=member.hparams, seed=self.cohort.seed, schedule=member.schedule.to_dict(),
-            protocol=member.config.get("protocol"),
-            options={"precision": self.options.precision, "channels_last": self.options.channels_last,
-                     "compile": self.options.compile, "processes": distributed.world_size()},
-            failure=trainee.failure if status == Status.FAILED else None, epochs=self.epochs,
-            **records.history_fields(trainee.history),
-            wall_seconds=trainee.wall_seconds, cohort_size=len(self.cohort.members), device=str(self.device),
-            environment=self.env, nondeterministic_ops=self._nondeterministic_ops(trainee),
-            started_at=trainee.started_at,
-            finished_at=now_iso() if status in (Status.DONE, Status.FAILED) else None,
-            sessions=trainee.sessions, extra=record,
-        )
-
-    def _nondeterministic_ops(self, trainee: Trainee) -> list[str] | None:
-        """Ops that ran without a deterministic implementation (deterministic mode only)."""
-        if self.recorder is None:
-            return None
-        trainee.nondeterministic_ops = list(dict.fromkeys(trainee.nondeterministic_ops + self.recorder.ops))
-        return trainee.nondeterministic_ops
 
     def _result(self, trainee: Trainee) -> MemberResult:
         if trainee.failure is not None:
             status = Status.FAILED
         else:
             status = Status.DONE if trainee.epochs_done >= self.epochs else Status.RUNNING
-        return MemberResult(trainee.run_id, status, trainee.epochs_done, self._summary(trainee, status),
+        return MemberResult(trainee.run_id, status, trainee.epochs_done, self.writer.summary(trainee, status),
                             trainee.history, trainee.model)
 
 
@@ -485,7 +347,7 @@ def train_cohort(
     """
     device = torch.device(device)
     try:
-        trainer = _CohortTrainer(cohort, device, data, reporter or _SilentReporter(), should_stop or (lambda: False))
+        trainer = _CohortTrainer(cohort, device, data, reporter or SilentReporter(), should_stop or (lambda: False))
         return trainer.run(until_epoch)
     except (TrainingInterrupted, CohortFault, StorageFault):
         raise

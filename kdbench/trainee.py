@@ -1,4 +1,4 @@
-"""One cohort member: what to train (`Member`) and its live state while training (`Trainee`).
+"""What a cohort trains (`CohortSpec`, `Member`) and a member's live state while training (`Trainee`).
 
 A trainee holds its student, its method (the loss, with any learnable parameters), its SGD
 optimizer and LR schedule, and on-device accumulators for the epoch's loss, accuracy,
@@ -19,7 +19,8 @@ from kdbench import distributed, methods, models
 from kdbench.compiling import Compiled
 from kdbench.precision import autocast, grad_scaler
 from kdbench.recipe import Options, Schedule
-from kdbench.records import Failure, RecordError, now_iso
+from kdbench.records import Failure, RecordError, Status, Summary, now_iso
+from kdbench.teacher_ref import TeacherRef
 
 #: The standard augmented view of each image: the one every method trains on.
 WEAK = "weak"
@@ -42,6 +43,38 @@ class Member:
     out_dir: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CohortSpec:
+    """What `train_cohort` trains: a teacher (or none) plus members sharing dataset, seed,
+    epochs and batch size.
+
+    The teacher's weights come from `teacher.path` (or torchvision), or ready-made as
+    `teacher_model` (benchmarks, tests). `teacher_sha256` is the hash the caller verified
+    for the teacher file; each resumed member's checkpoint must have recorded the same one.
+    """
+
+    dataset: dict[str, Any] | str
+    seed: int
+    members: list[Member]
+    teacher: TeacherRef | None = None
+    teacher_sha256: str | None = None
+    options: Options = field(default_factory=Options)
+    data_root: Path = Path("data")
+    teacher_model: nn.Module | None = None
+
+
+@dataclass
+class MemberResult:
+    """What `train_cohort` returns per member."""
+
+    run_id: str
+    status: Status  # done, failed, or running (stopped early)
+    epochs_done: int
+    summary: Summary
+    history: list[dict[str, Any]]
+    model: nn.Module | None
 
 
 def init_seed(seed: int, arch: str) -> int:

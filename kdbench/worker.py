@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdbench import config, devices, distributed, heal, locks, plan, records
+from kdbench import devices, distributed, heal, locks, plan, records
 from kdbench.errors import KdbenchError
 from kdbench.faults import CohortFault, reraise_for_debugging, writing
 from kdbench.worker_spec import WorkerSpec, load_grid, prepare_process

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdbench import config
+from kdbench import config, methods, overrides
 
 
 @dataclass(frozen=True)
@@ -65,34 +65,12 @@ class WorkerSpec:
 def load_grid(spec: WorkerSpec) -> config.Grid:
     """The grid the spec names, with its overrides applied."""
     if spec.overrides:
-        from kdbench import overrides
-
         return overrides.load_grid(spec.grid_path, spec.overrides)
     return config.load_grid(spec.grid_path)
 
 
 def prepare_process(spec: WorkerSpec) -> None:
     """Set up a fresh process (a submitit job) as the command line would: plug-in method folders."""
-    from kdbench import methods
-
-    for folder in spec.methods_dirs:
-        if Path(folder) not in methods.search_dirs():
-            methods.add_search_path(folder)
-
-
-def load_grid(spec: WorkerSpec) -> config.Grid:
-    """The grid the spec names, with its overrides applied."""
-    if spec.overrides:
-        from kdbench import overrides
-
-        return overrides.load_grid(spec.grid_path, spec.overrides)
-    return config.load_grid(spec.grid_path)
-
-
-def prepare_process(spec: WorkerSpec) -> None:
-    """Set up a fresh process (a submitit job) as the command line would: plug-in method folders."""
-    from kdbench import methods
-
     for folder in spec.methods_dirs:
         if Path(folder) not in methods.search_dirs():
             methods.add_search_path(folder)
