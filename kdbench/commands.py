@@ -23,6 +23,7 @@ from kdbench.locks import LockState, LockWatch
 from kdbench.models import sha256_file
 from kdbench.printers import print_plan, print_status, print_summary
 from kdbench.progress import GridProgress
+from kdbench.provenance import DETERMINISTIC_ENV
 from kdbench.records import Layout, RecordError, RunState
 from kdbench.states import final, run_state
 from kdbench.teacher_ref import TeacherRef, TeacherSource, recorded_teacher
@@ -87,6 +88,9 @@ def cli_run(args: argparse.Namespace) -> int:
     layout = Layout(Path(spec.results_dir), grid.name)
     runs = plan.select(grid, spec.only)
     device_names = devices.parse_many(args.device)
+    if grid.options["deterministic"]:
+        # cuBLAS reads this once, when CUDA starts: set it before any worker (or this process) does.
+        os.environ.update({k: v for k, v in DETERMINISTIC_ENV.items() if k not in os.environ})
     if args.dry_run:
         return print_plan(grid, runs, layout, device_names[0])
     check_writable(layout.grid_dir)
