@@ -35,7 +35,8 @@ from kdbench.provenance import NondeterminismRecorder, environment, set_determin
 from kdbench.recipe import Options
 from kdbench.records import Failure, Status, now_iso
 from kdbench.cohort_records import CohortWriter
-from kdbench.trainee import WEAK, CohortSpec, Member, MemberResult, Trainee, build_method, build_student
+from kdbench.data.loaders import require_strong_view
+from kdbench.trainee import STRONG, WEAK, CohortSpec, Member, MemberResult, Trainee, build_method, build_student
 
 
 class TrainingInterrupted(Exception):
@@ -127,10 +128,11 @@ class _CohortTrainer:
         return trainee
 
     def _check_views(self, trainee: Trainee) -> None:
-        missing = [v for v in trainee.views if v != WEAK and not self.data.train.supports_view(v)]
-        if missing:
-            raise KdbenchError(f"method {trainee.member.method} needs the {' and '.join(missing)} view of each image, "
-                               f"which dataset {self.data.name} does not provide")
+        for view in trainee.views:
+            if view == STRONG:
+                require_strong_view(self.data.train, dataset=self.data.name, method=trainee.member.method)
+            elif view != WEAK:
+                raise KdbenchError(f"method {trainee.member.method}: unknown view '{view}'; views are {WEAK}, {STRONG}")
 
     def _resume(self, trainee: Trainee) -> None:
         path = self.writer.checkpoint_path(trainee)
@@ -196,17 +198,19 @@ class _CohortTrainer:
     def _batches(self, epoch: int, skip: int, views: list[str]) -> Iterator[tuple[int, dict[str, Tensor], Tensor]]:
         """(step, images by view, targets) for the epoch's batches after the first `skip`."""
         train = self.data.train
-        shards_itself = getattr(train, "shards_itself", False)
-        extra = {v: train.view_batches(v, epoch, skip) for v in views if v != WEAK}
+        if getattr(train, "shards_itself", False):  # a streaming loader (ImageNet): the weak view only
+            for step, (images, targets, _) in enumerate(train_batches(train, epoch, skip), start=skip + 1):
+                yield step, {WEAK: images}, targets
+            return
+        # The strong view is made for this process's share of each batch only.
+        share = (distributed.rank(), distributed.world_size()) if distributed.active() else None
+        strong = train.strong_batches(epoch, skip, shard=share) if STRONG in views else None
         for step, batch in enumerate(train_batches(train, epoch, skip), start=skip + 1):
-            images = {WEAK: batch[0]}
-            images.update({v: next(it) for v, it in extra.items()})
-            if shards_itself:
-                yield step, images, batch[1]
-                continue
-            names = list(images)
-            parts = distributed.shard(tuple(images[v] for v in names) + (batch[1],))
-            yield step, dict(zip(names, parts[:-1])), parts[-1]
+            images, targets, _ = distributed.shard(batch)
+            views_of_batch = {WEAK: images}
+            if strong is not None:
+                views_of_batch[STRONG] = next(strong)
+            yield step, views_of_batch, targets
 
     def _train_epoch(self, epoch: int, active: list[Trainee]) -> None:
         lrs = {t.run_id: t.set_epoch_lr(epoch) for t in active}
@@ -346,6 +350,7 @@ def train_cohort(
     `TrainingInterrupted` is raised.
     """
     device = torch.device(device)
+    trainer = None
     try:
         trainer = _CohortTrainer(cohort, device, data, reporter or SilentReporter(), should_stop or (lambda: False))
         return trainer.run(until_epoch)
@@ -355,4 +360,14 @@ def train_cohort(
         reraise_for_debugging()
         reason = str(exc) if isinstance(exc, KdbenchError) else records.exception_reason(exc)
         raise CohortFault(reason) from exc
+    finally:
+        if data is None and trainer is not None:
+            close_data(trainer.data)  # data it built itself: stop the strong view's workers
+
+
+def close_data(splits: Any) -> None:
+    """Stop the background workers of a dataset's loaders (the strong view's), if any."""
+    close = getattr(getattr(splits, "train", None), "close", None)
+    if close is not None:
+        close()
 

@@ -24,6 +24,8 @@ from kdbench.teacher_ref import TeacherRef
 
 #: The standard augmented view of each image: the one every method trains on.
 WEAK = "weak"
+#: MLKD's strong view (RandAugment and Cutout on top of a crop and flip of its own).
+STRONG = "strong"
 
 
 @dataclass

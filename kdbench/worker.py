@@ -30,7 +30,7 @@ from kdbench.states import config_problem, run_state
 from kdbench.stopping import StopFlag
 from kdbench.teacher_ref import TeacherChanged, TeacherRef, record_teacher, verify_teacher
 from kdbench.trainee import Member
-from kdbench.train import CohortSpec, TrainingInterrupted, build_data, train_cohort
+from kdbench.train import CohortSpec, TrainingInterrupted, build_data, close_data, train_cohort
 
 #: Attempts in a row without a finished epoch or a recorded outcome before a run is failed.
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 2
@@ -115,6 +115,7 @@ class Worker:
         finally:
             self.stop.restore()
             heartbeat.stop()
+            self.close_data()
 
     def _log(self, message: str) -> None:
         if self.progress is not None:
@@ -261,10 +262,16 @@ class Worker:
         key = json.dumps([cohort.dataset, cohort.seed, cohort.batch_size, options.eval_batch_size,
                           options.channels_last], sort_keys=True)
         if key not in self._data_cache:
-            self._data_cache.clear()  # keep one dataset on the device at a time
+            self.close_data()  # keep one dataset on the device at a time
             self._data_cache[key] = build_data(cohort.dataset, root=self.data_root, device=self.device,
                                                seed=cohort.seed, batch_size=cohort.batch_size, options=options)
         return self._data_cache[key]
+
+    def close_data(self) -> None:
+        """Drop the cached dataset and stop its loaders' background workers."""
+        for splits in self._data_cache.values():
+            close_data(splits)
+        self._data_cache.clear()
 
     def _member(self, run: plan.Run, cohort: plan.Cohort) -> Member:
         return Member(

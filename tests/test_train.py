@@ -255,3 +255,38 @@ def test_compiled_training_agrees_with_eager(splits):
             assert a.history[-1][key] == pytest.approx(b.history[-1][key], rel=1e-3, abs=1e-3), key
         for key, value in a.model.state_dict().items():
             torch.testing.assert_close(value, b.model.state_dict()[key], rtol=1e-3, atol=1e-4)
+
+
+class _CountingTeacher(nn.Module):
+    """The test teacher, counting its forward calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = teacher_model()
+        self.calls = 0
+
+    def forward(self, images):
+        self.calls += 1
+        return self.inner(images)
+
+
+@pytest.mark.parametrize("mlkd_members", [1, 2])
+def test_mlkd_trains_in_a_cohort_with_one_teacher_forward_per_view(splits, mlkd_members):
+    teacher = _CountingTeacher()
+    members = [member("kd", None, epochs=2), member("dkd", None, epochs=2)]
+    members += [member(f"mlkd{i}", None, epochs=2, method="mlkd", temperature=4.0 + i) for i in range(mlkd_members)]
+    results = train_cohort(CohortSpec(dataset=SPEC, seed=0, members=members, teacher=TEACHER, teacher_model=teacher),
+                           "cpu", data=splits)
+    assert [r.status for r in results] == ["done"] * len(members)
+    eval_calls = 2 * len(list(splits.test))  # which test samples it gets right, and its own top-1
+    assert teacher.calls == eval_calls + 2 * len(splits.train) * 2  # 2 epochs × steps × (weak, strong)
+    # The weak view is the same with or without an MLKD member drawing the strong one.
+    alone = train_cohort(cohort([member("kd", None, epochs=2)]), "cpu", data=splits)
+    assert_same_results([results[0]], alone)
+
+
+def test_a_teacher_forward_per_view_only_when_a_member_needs_that_view(splits):
+    teacher = _CountingTeacher()
+    train_cohort(CohortSpec(dataset=SPEC, seed=0, members=[member("kd", None, epochs=1)], teacher=TEACHER,
+                            teacher_model=teacher), "cpu", data=splits)
+    assert teacher.calls == 2 * len(list(splits.test)) + len(splits.train)
