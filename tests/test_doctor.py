@@ -206,6 +206,14 @@ def test_train_fp16_reports_in_the_same_format(tmp_path):
     assert (check.ok and "test top-1" in check.detail) or (not check.ok and check.fix)
 
 
+def test_resume_in_deterministic_mode_as_on_a_gpu(tmp_path):
+    """The GPU's resume check (options.deterministic, ops recorded) on the CPU: same line, PyTorch's defaults after."""
+    (check,) = doctor_quick.resume_check(torch.device("cpu"), doctor_quick.TINY, tmp_path, deterministic=True)
+    assert check.ok, check.detail
+    assert "resumed in deterministic mode: all " in check.detail and check.detail.endswith("equal bit for bit")
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_state_difference_reports_which_tensors_differ_and_by_how_much():
     a = {"model": {"w": torch.zeros(3), "n": torch.tensor(2)}, "method": {"theta": torch.tensor(1.0)},
          "optimizer": {"state": {0: {"momentum_buffer": torch.ones(2)}}}}
