@@ -22,8 +22,8 @@ from kdbench.doctor_checks import BUG_FIX, Check, failed, one_line, passed
 from kdbench.recipe import Options, Schedule
 from kdbench.records import CHECKPOINT, Status
 from kdbench.teacher_ref import TeacherRef, TeacherSource
-from kdbench.train import CohortSpec, MemberResult, TrainingInterrupted, train_cohort
-from kdbench.trainee import Member, build_method, build_student
+from kdbench.train import TrainingInterrupted, train_cohort
+from kdbench.trainee import CohortSpec, Member, MemberResult, build_method, build_student
 
 
 
