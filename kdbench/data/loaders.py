@@ -6,18 +6,35 @@ seeded with `(seed, epoch)`. A batch is then a single `index_select` with a flat
 index that folds the crop and the flip together, followed by `/255`, `-mean`, `/std` done in
 the same order as torchvision's `ToTensor` + `Normalize` (so the numbers agree bit for
 bit). No host round-trips happen per batch.
+
+`TrainLoader.strong_batches(e)` adds MLKD's strong view of the same batches, made on the
+host by `kdbench.data.strong` in worker processes and copied to the device.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from typing import Iterator, Sequence
+import os
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdbench.data.strong_workers import Job, Renderer, Settings
+from kdbench.errors import KdbenchError
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+# The strong view's host workers per loader: processes, not threads (measured in
+# kdbench.data.strong_workers: one makes about 11k RGB or 17k grey 32×32 images/s, and they
+# scale with the cores). Up to 4, leaving a core to the training loop; and batches kept
+# ready per worker.
+STRONG_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
+STRONG_PROCESSES = True
+STRONG_DEPTH = 2
 
 
 def mix_seed(*parts: int) -> int:
@@ -34,6 +51,30 @@ def mix_seed(*parts: int) -> int:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The generator seed of epoch `epoch` of a run with seed `seed`."""
     return mix_seed(seed, epoch)
+
+
+# Leads the strong view's seeds, so they never equal another draw's ("STRONG" in ASCII).
+STRONG_VIEW_TAG = 0x5354524F4E47
+
+
+def strong_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the strong-view draws of image `index` (its position in the original
+    training split) in epoch `epoch` of a run with seed `seed`."""
+    return mix_seed(STRONG_VIEW_TAG, seed, epoch, index)
+
+
+def supports_strong_view(loader: Any) -> bool:
+    """Whether `loader` can make MLKD's strong view (`loader.strong_batches`)."""
+    return bool(getattr(loader, "supports_strong_view", False))
+
+
+def require_strong_view(loader: Any, *, dataset: str, method: str) -> None:
+    """Raise a one-line `KdbenchError` unless `loader` can make the strong view."""
+    if not supports_strong_view(loader):
+        raise KdbenchError(
+            f"dataset '{dataset}': method '{method}' needs the strong augmented view, which only the in-memory "
+            f"datasets with 1 or 3 channels provide (cifar100, fashion_mnist, synthetic)"
+        )
 
 
 def normalize(
@@ -194,6 +235,15 @@ class TrainLoader(_SplitOnDevice):
         self.pad = int(pad)
         self.flip = bool(flip)
         self.padded = F.pad(images, (self.pad,) * 4).contiguous() if self.pad else images.contiguous()
+        self.strong_workers = STRONG_WORKERS
+        self.strong_processes = STRONG_PROCESSES
+        self._renderer: Renderer | None = None
+        self._host_indices = np.empty(0, dtype=np.int64)
+
+    @property
+    def supports_strong_view(self) -> bool:
+        """True for grey and RGB images, the modes MLKD's strong view is defined for."""
+        return self.image_shape[0] in (1, 3)
 
     def generator(self, epoch: int) -> torch.Generator:
         """The generator that draws epoch `epoch`'s randomness (seeded from seed and epoch)."""
@@ -226,6 +276,76 @@ class TrainLoader(_SplitOnDevice):
             raw = _gather(self.padded, rows, offset_y[span], offset_x[span], flips[span], self.image_shape[1:])
             images = normalize(raw, self.mean, self.std, self.dtype, self.channels_last)
             yield images, self.targets[rows], self.indices[rows]
+
+    def strong_batches(self, epoch: int, skip: int = 0, *, shard: tuple[int, int] | None = None,
+                       ) -> Iterator[torch.Tensor]:
+        """MLKD's strong view of the batches of `epoch(epoch)`, from batch `skip` on.
+
+        Yields normalised image tensors on the device, in the loader's dtype and layout,
+        one per batch of `epoch(epoch)`, holding the same images in the same order. Image
+        `i` (its position in the original split) is drawn from `strong_seed(seed, epoch, i)`,
+        so its view depends neither on the batch it falls in nor on `skip`, and drawing it
+        leaves `epoch(epoch)` unchanged. `shard=(rank, world)` makes only the share of each
+        batch that `kdbench.distributed.shard` takes. The host work runs ahead in
+        `strong_workers` worker processes (threads when `strong_processes` is False; made
+        inline when 0), started on first use and kept until `close()`; the first batches
+        start at the call. The permutation is read to the host once per call; per batch
+        the device sees one copy from pinned memory and the normalisation, and nothing
+        waits for it. Raises `KdbenchError` at the call for images of other channel counts.
+        """
+        if not self.supports_strong_view:
+            raise KdbenchError(
+                f"the strong augmented view needs 1- or 3-channel images; this training split has "
+                f"{self.image_shape[0]} channels"
+            )
+        renderer = self._strong_renderer()
+        order = self._order(self.generator(epoch)).cpu()  # the one host sync of the epoch
+        seed_of = functools.partial(strong_seed, self.seed, epoch)
+
+        def jobs() -> Iterator[Job]:
+            for start in range(skip * self.batch_size, self.num_samples, self.batch_size):
+                rows = order[start:start + self.batch_size]
+                if shard is not None:
+                    rows = rows.tensor_split(shard[1])[shard[0]]
+                rows = rows.numpy()
+                yield Job(rows, self._host_indices[rows], seed_of)
+
+        return self._to_device(renderer.batches(jobs(), STRONG_DEPTH * max(1, renderer.workers)))
+
+    def _to_device(self, batches: Iterator[np.ndarray]) -> Iterator[torch.Tensor]:
+        """uint8 host batches to normalised device tensors, as the weak view's."""
+        try:
+            for batch in batches:
+                raw = torch.from_numpy(batch)
+                if self.device.type == "cuda":
+                    # From pinned memory the copy is asynchronous; from pageable memory it would wait for the stream.
+                    raw = raw.pin_memory().to(self.device, non_blocking=True)
+                yield normalize(raw, self.mean, self.std, self.dtype, self.channels_last)
+        finally:
+            batches.close()  # type: ignore[attr-defined]  (cancels what has not started)
+
+    def _strong_renderer(self) -> Renderer:
+        """The renderer for `strong_workers`/`strong_processes`, made (or remade) on demand.
+
+        Its store is the padded split on the host, copied from the device once, so
+        loaders that never draw the strong view hold nothing more.
+        """
+        wanted = (int(self.strong_workers), bool(self.strong_processes))
+        if self._renderer is not None and (self._renderer.workers, self._renderer.processes) == wanted:
+            return self._renderer
+        self.close()
+        images = self.padded.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        store = images[..., 0] if images.shape[3] == 1 else images
+        self._host_indices = self.indices.cpu().numpy()
+        settings = Settings(tuple(self.image_shape[1:]), self.pad, self.flip)
+        self._renderer = Renderer(store, settings, workers=wanted[0], processes=wanted[1])
+        return self._renderer
+
+    def close(self) -> None:
+        """Stop the strong view's workers, if any (they also stop when the loader is collected)."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
 
 class EvalLoader(_SplitOnDevice):
