@@ -8,11 +8,14 @@ official repository.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +295,39 @@ def test_an_unguarded_script_gets_one_line_about_spawn(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == f"kdbench.errors.KdbenchError: {BROKEN_POOL}"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # a zombie has ended; only its exit status waits to be read
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_workers_end_when_the_training_process_is_killed(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, time, torch
+        from kdbench.data.loaders import TrainLoader
+        if __name__ == "__main__":
+            loader = TrainLoader(torch.zeros(64, 3, 32, 32, dtype=torch.uint8), torch.zeros(64, dtype=torch.long),
+                                 batch_size=4, seed=0, mean=(0.5,) * 3, std=(0.25,) * 3)
+            loader.strong_workers, loader.strong_processes = 2, True
+            batches = loader.strong_batches(1)
+            next(batches), next(batches)
+            print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+            time.sleep(300)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert workers
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_gone(pid) for pid in workers)

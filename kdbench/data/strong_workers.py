@@ -24,6 +24,10 @@ once per renderer, and each gets a copy of the images.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
 import weakref
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -78,7 +82,18 @@ _PROCESS_STATE: dict[str, object] = {}
 
 
 def _start_worker(store: np.ndarray, settings: Settings) -> None:
+    # Ctrl-C is the training loop's to handle (it may stop cleanly after the step); the
+    # workers end with it, and on their own when it is killed (they would outlive it otherwise).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
     _PROCESS_STATE.update(store=store, settings=settings)
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
 
 
 def _run_in_worker(job: Job) -> np.ndarray:
