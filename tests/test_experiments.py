@@ -40,7 +40,7 @@ def test_the_paper_grid():
 def test_the_fashion_mnist_grid_trains_its_teacher():
     grid = config.load_grid(EXPERIMENTS / "fashion_mnist.yaml")
     runs = plan.plan(grid)
-    assert len(runs) == 7 * 3 and all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
+    assert len(runs) == 14 * 3 and all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
 
 
 def test_the_imagenet_grid_is_the_reference_recipe():
