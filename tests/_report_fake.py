@@ -17,15 +17,15 @@ import random
 from pathlib import Path
 from typing import Any
 
-HPARAMS = {
-    "vanilla": ("vanilla", {}),
-    "kd": ("kd", {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9, "standardize": False}),
-    "kd_ls": ("kd", {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0, "standardize": True}),
-    "dkd": ("dkd", {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "standardize": False}),
-    "normkd": ("normkd", {"temperature_norm": 1.0}),
-    "label_swap": ("label_swap", {"temperature": 4.0, "standardize": False}),
-    "rld": ("rld", {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "standardize": False}),
-}
+from kdbench import atomic, methods, records
+
+def _hparams(variant: str) -> tuple[str, dict[str, Any]]:
+    """(method, full hyper-parameters) of a variant label: the registered method's defaults."""
+    if variant == "kd_ls":
+        return "kd", methods.resolve_hparams("kd", {"temperature": 2.0, "kd_weight": 9.0, "standardize": True})
+    if variant in methods.available():
+        return variant, methods.resolve_hparams(variant)
+    return variant, {}
 
 
 _STARTED = itertools.count()
@@ -41,7 +41,7 @@ def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, fina
     Runs start one second apart in the order they are written (the report's first-seen order).
     """
     teacher, student = pair.split("->")
-    method, hparams = HPARAMS.get(variant, (variant, {}))
+    method, hparams = _hparams(variant)
     run_id = hashlib.sha1(f"{grid}{variant}{pair}{seed}".encode()).hexdigest()[:12]
     folder = root / grid / "runs" / run_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,10 +66,10 @@ def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, fina
         "finished_at": "2025-01-02T00:00:00Z",
     }
     summary.update(fields)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    records.write_summary(folder, records.Summary.from_json(summary))
     rows = [{"epoch": e + 1, "lr": 0.05, "train_loss": 1.0, "test_top1": v, "test_top5": v + 10}
             for e, v in enumerate(curve[:epochs_done])]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic.write_jsonl(folder / records.METRICS, rows)
     return folder
 
 

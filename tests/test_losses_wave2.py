@@ -9,28 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import losses, methods
+from test_losses import _rows
 
 WAVE2 = ["dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd"]
 
 
 def rows(classes: int, batch: int = 12, scale: float = 3.0, seed: int = 0):
     """float64 logits whose rows cycle through teacher-right, wrong, tied and true-class-last."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(batch, classes, generator=g, dtype=torch.float64) * scale
-    t = torch.randn(batch, classes, generator=g, dtype=torch.float64) * scale
-    y = torch.randint(0, classes, (batch,), generator=g)
-    for i in range(batch):
-        other = (y[i] + 1) % classes
-        kind = i % 4
-        if kind == 0:
-            t[i, y[i]] = t[i].max() + 1
-        elif kind == 1:
-            t[i, other] = t[i].max() + 1
-        elif kind == 2:
-            t[i, other] = t[i, y[i]] = t[i].max() + 1
-        else:
-            t[i, y[i]] = t[i].min() - 1
-    return s, t, y
+    return _rows(classes, batch, scale, seed)
 
 
 def inputs(name: str, classes: int = 10, batch: int = 12, scale: float = 3.0, seed: int = 0):

@@ -199,10 +199,8 @@ def test_validation_split_is_evaluated(tmp_path):
     assert result.summary.final_top1_teacher_wrong is None
 
 
-@pytest.mark.parametrize("name", methods.available())
-def test_the_training_step_never_syncs_with_the_host(name, monkeypatch):
-    model = build_student("resnet8", 0, 10, 3)
-    trainee = Trainee(member(name, None), model, methods.build(name), torch.device("cpu"), Options())
+def steps_without_host_sync(trainee: Trainee, monkeypatch, precision: str = "fp32") -> None:
+    """Three training steps with every tensor-to-host read patched to fail."""
     images = {view: torch.randn(8, 3, 16, 16) for view in trainee.views}
     targets = torch.randint(0, 10, (8,))
     teacher_logits = {view: torch.randn(8, 10) for view in trainee.views}
@@ -213,9 +211,16 @@ def test_the_training_step_never_syncs_with_the_host(name, monkeypatch):
     for attr in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, attr, forbidden)
     for step in range(1, 4):
-        trainee.step(images, targets, teacher_logits, epoch=1, step=step, precision="fp32")
+        trainee.step(images, targets, teacher_logits, epoch=1, step=step, precision=precision)
     monkeypatch.undo()
     assert trainee.first_bad_step.item() == -1
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_the_training_step_never_syncs_with_the_host(name, monkeypatch):
+    model = build_student("resnet8", 0, 10, 3)
+    trainee = Trainee(member(name, None), model, methods.build(name), torch.device("cpu"), Options())
+    steps_without_host_sync(trainee, monkeypatch)
 
 
 def test_bf16_and_channels_last_train(splits):
