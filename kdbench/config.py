@@ -53,6 +53,10 @@ expands it into runs (pair × variant × seed) and cohorts. Every key::
                                    #   rld(beta=8); several lists sweep their product
       kd_ls: {method: kd, standardize: true, temperature: 2, kd_weight: 9}
                                    #   labels: letters, digits, _ . + -
+      mlkd_own: {method: mlkd, protocol: own}
+                                   #   protocol: grid (default: the grid's schedule) or own:
+                                   #   the method's official schedule for each pair (its
+                                   #   `own_schedules`; MLKD has them); reports mark such rows
     options:
       precision: fp32              # fp32 | bf16 (autocast) | fp16 (autocast, gradient scaler)
       channels_last: false

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -539,3 +540,13 @@ def test_docstring_example_is_a_valid_grid(tmp_path):
     grid = load_grid(path)
     assert [p.name for p in grid.pairs][-1] == "->resnet8"
     assert [v.label for v in grid.variants][3:6] == ["rld(beta=2)", "rld(beta=4)", "rld(beta=8)"]
+
+
+def test_readme_grid_example_is_a_valid_grid(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## The grid format"):]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    path = tmp_path / "example.yaml"
+    path.write_text(section[start:section.index("```", start)])
+    grid = load_grid(path)
+    assert [v.label for v in grid.variants][-1] == "mlkd_own" and grid.variants[-1].protocol == "own"

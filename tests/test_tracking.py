@@ -245,3 +245,32 @@ def test_wandb_without_login_logs_offline_instead_of_prompting(tmp_path, wandb_o
     s.log_epoch(row(1))
     s.close()
     assert s.names == () and list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_a_grid_run_with_overrides_writes_tensorboard_events(tmp_path, capsys):
+    """kdbench run GRID --set schedule.epochs=1 --set options.log=[tensorboard], end to end."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kdbench import cli
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "name: g\n"
+        "dataset: {name: synthetic, num_classes: 10, train_size: 64, test_size: 32, image_size: 16, channels: 3}\n"
+        "schedule: {epochs: 3, milestones: [1]}\n"
+        "pairs: [{teacher: null, student: resnet8, variants: [vanilla]}]\n"
+        "methods: {vanilla: {}}\n")
+    code = cli.main(["run", str(grid), "--device", "cpu", "--results-dir", str(tmp_path / "results"),
+                     "--set", "schedule.epochs=1", "--set", "options.log=[tensorboard]"])
+    assert code == 0, capsys.readouterr()
+    (grid_dir,) = (tmp_path / "results").glob("g+set-*")
+    (run_dir,) = (grid_dir / "runs").iterdir()
+    assert "epochs: 1" in (grid_dir / "grid.yaml").read_text()
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"test/top1", "train/top1", "loss/ce", "lr"} <= set(tags)
+    (event,) = acc.Scalars("test/top1")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert event.step == 1 and event.value == pytest.approx(summary["final_top1"])
