@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from kdbench import atomic, config, devices, distributed, heal, plan, records
+from kdbench import atomic, config, devices, distributed, heal, plan, precision, records
 from kdbench.console import console
 from kdbench.errors import KdbenchError
 from kdbench.faults import writing
@@ -88,6 +88,8 @@ def cli_run(args: argparse.Namespace) -> int:
     layout = Layout(Path(spec.results_dir), grid.name)
     runs = plan.select(grid, spec.only)
     device_names = devices.parse_many(args.device)
+    for name in device_names:
+        precision.check(name, grid.options["precision"])  # bf16 on a GPU without it: one line, exit 2
     if grid.options["deterministic"]:
         # cuBLAS reads this once, when CUDA starts: set it before any worker (or this process) does.
         os.environ.update({k: v for k, v in DETERMINISTIC_ENV.items() if k not in os.environ})

@@ -21,7 +21,6 @@ from typing import Any
 from kdbench import devices, distributed, heal, locks, plan, records
 from kdbench.errors import KdbenchError
 from kdbench.faults import CohortFault, reraise_for_debugging, writing
-from kdbench.worker_spec import WorkerSpec, load_grid, prepare_process
 from kdbench.models import sha256_file
 from kdbench.progress import GridProgress
 from kdbench.recipe import Options, Schedule
@@ -29,8 +28,9 @@ from kdbench.records import Failure, Layout, RunState, Status
 from kdbench.states import config_problem, run_state
 from kdbench.stopping import StopFlag
 from kdbench.teacher_ref import TeacherChanged, TeacherRef, record_teacher, verify_teacher
-from kdbench.trainee import Member
 from kdbench.train import CohortSpec, TrainingInterrupted, build_data, close_data, train_cohort
+from kdbench.trainee import Member
+from kdbench.worker_spec import WorkerSpec, load_grid, prepare_process
 
 #: Attempts in a row without a finished epoch or a recorded outcome before a run is failed.
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 2
@@ -387,14 +387,16 @@ class Worker:
 
 def worker_job(spec: WorkerSpec) -> dict[str, Any]:
     """Entry point of a submitit job: one worker on this node's device."""
-    prepare_process(spec)
-    worker = Worker(dataclasses.replace(spec, device=devices.parse_many(spec.device, many=False)[0]))
-    progress = GridProgress(len(worker.runs), 0, prefix=spec.log_prefix)
+    progress = None
     try:
+        prepare_process(spec)
+        worker = Worker(dataclasses.replace(spec, device=devices.parse_many(spec.device, many=False)[0]))
+        progress = GridProgress(len(worker.runs), 0, prefix=spec.log_prefix)
         outcome = worker.run(progress)
     except KdbenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return {"exit_code": 2, "trained": [], "failed": [], "error": str(exc)}
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     return {"exit_code": outcome.exit_code, "trained": outcome.trained, "failed": outcome.failed}
