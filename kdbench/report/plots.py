@@ -98,7 +98,8 @@ def bar_chart(cells: pd.DataFrame, variants: Sequence[str], title: str, ylabel: 
         ax.axhline(vanilla, color="black", linestyle="--", linewidth=1.3, label=f"vanilla student ({vanilla:.2f})")
     lo, hi = min(lows), max(highs)
     span = max(hi - lo, 1.0)
-    ax.set_ylim(math.floor(lo - 0.25 * span), hi + 0.2 * span)
+    # An accuracy axis never goes below 0, however far a wide std bar reaches.
+    ax.set_ylim(max(0.0, math.floor(lo - 0.25 * span)), hi + 0.2 * span)
     ax.set_xticks(range(len(variants)))
     long = max((len(v) for v in variants), default=0) > 6 or len(variants) > 6
     ax.set_xticklabels(variants, rotation=30 if long else 0, ha="right" if long else "center")
