@@ -12,7 +12,7 @@ import pytest
 from _report_fake import build_grid, md_rows, write_run
 from kdbench import results
 from kdbench.cli import main
-from kdbench.report import build, options, prepare, render
+from kdbench.report import build, options, prepare, provenance, render
 from kdbench.report import html as report_html
 from kdbench.report.layout import finite, render_cell
 
@@ -275,3 +275,13 @@ def test_report_html_flag_writes_one_page(tmp_path, capsys):
                  "--no-plots", "--html"]) == 0
     assert (tmp_path / "out" / "report.html").exists()
     assert f"open {tmp_path / 'out' / 'report.html'}" in capsys.readouterr().out
+
+
+def test_teacher_paths_inside_the_results_folder_are_shown_relative_to_it(tmp_path):
+    results_dir = tmp_path / "results"
+    inside = results_dir / "teachers" / "d9e3805a8846" / "teacher.pth"
+    assert provenance.shown_path(str(inside), results_dir) == "teachers/d9e3805a8846/teacher.pth"
+    assert provenance.shown_path("/data/cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth", results_dir) \
+        == "/data/cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth"
+    assert provenance.shown_path(str(inside), None) == str(inside)
+    assert provenance.shown_path("", results_dir) == ""

@@ -42,11 +42,13 @@ class Report:
 def build_report(runs: pd.DataFrame, metrics: pd.DataFrame | None = None, *, grid: str = "", metric: str = "last",
                  baseline: str = DEFAULT_BASELINE, alpha: float = 0.05, correction: str = "holm",
                  variant_order: Sequence[str] | None = None, pair_order: Sequence[str] | None = None,
-                 published_results: pd.DataFrame | None = None, protocols: Mapping[str, str] | None = None) -> Report:
+                 published_results: pd.DataFrame | None = None, protocols: Mapping[str, str] | None = None,
+                 results_dir: str | Path | None = None) -> Report:
     """All views for one grid's runs (a `results.load()` frame) and epochs (`results.load_metrics()`), in reading order.
 
     `protocols` maps a variant to a note on the protocol it was trained under, for rows
-    that do not follow the grid's common recipe (see `prepare.prepare`).
+    that do not follow the grid's common recipe (see `prepare.prepare`). `results_dir`, the
+    folder the runs were loaded from, shortens the teacher paths that lie inside it.
     """
     prep = prepare(runs, metric=metric, baseline=baseline, alpha=alpha, correction=correction,
                    variant_order=variant_order, pair_order=pair_order, protocols=protocols)
@@ -57,7 +59,7 @@ def build_report(runs: pd.DataFrame, metrics: pd.DataFrame | None = None, *, gri
     built = [views.main_view(prep, cells), views.gain_view(prep, cells), views.seeds_view(prep, cells),
              run_views.selection_view(prep), published.reproduction_view(prep, cells, published_results),
              run_views.teacher_split_view(prep), run_views.cost_view(prep), provenance.environment_view(prep),
-             provenance.teachers_view(prep), run_views.not_done_view(prep),
+             provenance.teachers_view(prep, results_dir), run_views.not_done_view(prep),
              run_views.runs_view(prep), curves_view(prep, metrics)]
     built = [v for v in built if v is not None]
     if grid:

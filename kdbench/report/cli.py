@@ -71,7 +71,7 @@ def cli_report(args: argparse.Namespace) -> int:
         _warn(warning)
         rep = build_report(runs, results.load_metrics(results_dir, grid), grid=grid, metric=args.metric,
                            baseline=args.baseline, alpha=args.alpha, correction=args.correction,
-                           variant_order=variant_order, pair_order=pair_order)
+                           variant_order=variant_order, pair_order=pair_order, results_dir=results_dir)
         if args.baseline != DEFAULT_BASELINE and not rep.prepared.has_baseline:
             raise KdbenchError(f"--baseline {args.baseline}: no done run of that variant in grid {grid} "
                                f"(variants: {', '.join(rep.prepared.variants)})")

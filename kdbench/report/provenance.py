@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pandas as pd
 from kdbench.report.layout import Cell, Grid, View, finite
 from kdbench.report.prepare import Prepared, text
 
-__all__ = ["ENVIRONMENT", "TEACHERS", "environment_view", "teachers_view"]
+__all__ = ["ENVIRONMENT", "TEACHERS", "environment_view", "shown_path", "teachers_view"]
 
 ENVIRONMENT = "environment"
 TEACHERS = "teachers"
@@ -54,18 +55,37 @@ def environment_view(prep: Prepared) -> View:
                 grid=_records_grid(columns), metric_free=True)
 
 
-def teachers_view(prep: Prepared) -> View | None:
-    """One row per teacher file: architecture, checkpoint, SHA-256, measured top-1, runs (None without teachers)."""
+def shown_path(path: str, results_dir: str | Path | None) -> str:
+    """`path` relative to `results_dir` when it lies inside it (a teacher trained in the grid), else as recorded.
+
+    A report is shared beyond the machine it was made on: a path inside the results folder
+    says more, and reveals less, relative to that folder.
+    """
+    if not path or results_dir is None:
+        return path
+    try:
+        return Path(path).resolve().relative_to(Path(results_dir).resolve()).as_posix()
+    except ValueError:
+        return path
+
+
+def teachers_view(prep: Prepared, results_dir: str | Path | None = None) -> View | None:
+    """One row per teacher file: architecture, checkpoint, SHA-256, measured top-1, runs (None without teachers).
+
+    Checkpoints inside `results_dir` are shown relative to it (`shown_path`).
+    """
     done = prep.done[prep.done["teacher"] != ""]
     if done.empty:
         return None
     keys = ["teacher", "teacher_checkpoint", "teacher_sha256"]
     frame = done.assign(**{k: done[k].map(text) for k in keys})
+    frame["teacher_checkpoint"] = frame["teacher_checkpoint"].map(lambda p: shown_path(p, results_dir))
     frame = frame.groupby(keys, sort=False).agg(teacher_top1=("teacher_top1", "mean"),
                                                  runs=("run_id", "size")).reset_index()
     columns = [("teacher", "Teacher"), ("teacher_checkpoint", "Checkpoint"), ("teacher_sha256", "SHA-256"),
                ("runs", "Runs"), ("teacher_top1", "Test top-1")]
     frame = frame[[c for c, _ in columns]]
-    notes = ["The teacher checkpoint each run loaded, its SHA-256 and the test top-1 (%) kdbench measured on it."]
+    notes = ["The teacher checkpoint each run loaded (relative to the results folder when it lies inside it), "
+             "its SHA-256 and the test top-1 (%) kdbench measured on it."]
     return View(name=TEACHERS, title="Provenance: teachers", frame=frame, notes=notes,
                 grid=_records_grid(columns), metric_free=True)
