@@ -55,6 +55,11 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return decorator
 
 
+def unregister(name: str) -> None:
+    """Remove the method registered as `name` (for tests that register one of their own)."""
+    _registry.remove(name)
+
+
 def builtin_methods_dir() -> Path | None:
     """The folder holding the built-in methods: the repository's `methods/`, or its installed copy."""
     repo_dir = Path(__file__).resolve().parent.parent / "methods"

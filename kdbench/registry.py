@@ -51,6 +51,13 @@ class Registry(Generic[T]):
             if alias != name:
                 self._aliases[alias] = name
 
+    def remove(self, name: str) -> None:
+        """Forget `name` and its aliases (a method registered for one test, say); unknown names raise."""
+        name = self.canonical(name)
+        del self._entries[name], self._sources[name]
+        for alias in [a for a, target in self._aliases.items() if target == name]:
+            del self._aliases[alias]
+
     def canonical(self, name: str) -> str:
         """The registered name for `name` or one of its aliases; unknown names raise."""
         if name in self._entries:

@@ -285,3 +285,17 @@ def test_readme_method_table_is_the_generated_one():
     for name in BUILTINS:
         assert f"| `{name}` |" in table
     assert "[zhengli97/CTKD](https://github.com/zhengli97/CTKD/blob/" in table and "Views: weak, strong." in table
+
+
+def test_unregister_forgets_a_method_and_its_aliases():
+    from kdbench.registry import Registry
+
+    registry = Registry("method")
+    registry.add("mine", object, source="a.py", aliases=("my",))
+    registry.remove("my")
+    assert "mine" not in registry and "my" not in registry and registry.names() == []
+    with pytest.raises(KdbenchError, match="unknown method 'mine'"):
+        registry.remove("mine")
+    methods.register("one_test_only")(nn.Identity)
+    methods.unregister("one_test_only")
+    assert "one_test_only" not in methods.available()

@@ -33,7 +33,7 @@ class _SpikeAtStepTwo(nn.Module):
 def spike():
     methods.register("spike_at_step_two")(_SpikeAtStepTwo)
     yield "spike_at_step_two"
-    del methods._registry._entries["spike_at_step_two"]
+    methods.unregister("spike_at_step_two")
 
 
 def fp16_cohort(members):

@@ -86,7 +86,7 @@ class _RaisesAtEpochTwo(nn.Module):
 def raising_method():
     methods.register("raises_at_epoch_two")(_RaisesAtEpochTwo)
     yield "raises_at_epoch_two"
-    del methods._registry._entries["raises_at_epoch_two"]
+    methods.unregister("raises_at_epoch_two")
 
 
 def test_an_exception_in_one_member_leaves_the_others_bit_for_bit(tmp_path, splits, raising_method):
@@ -132,7 +132,7 @@ def test_a_method_that_cannot_be_built_fails_its_member_only(tmp_path, splits):
             member("broken", tmp_path / "broken", epochs=1, method="broken_init"),
             member("vanilla", tmp_path / "vanilla", epochs=1)]), "cpu", data=splits)
     finally:
-        del methods._registry._entries["broken_init"]
+        methods.unregister("broken_init")
     assert [r.status for r in results] == ["failed", "done"]
     assert results[0].summary.failure.reason == "RuntimeError: cannot build"
 

@@ -134,7 +134,7 @@ class _NaNAtEpochTwo(nn.Module):
 def nan_method():
     methods.register("nan_at_epoch_two")(_NaNAtEpochTwo)
     yield "nan_at_epoch_two"
-    del methods._registry._entries["nan_at_epoch_two"]
+    methods.unregister("nan_at_epoch_two")
 
 
 def test_nan_in_one_member_leaves_the_others_intact(tmp_path, splits, nan_method):
