@@ -262,7 +262,7 @@ def resume_check(device: torch.device, scale: Scale, workdir: Path,
         yield passed("resume", f"{what}: all {total} weight, method and optimizer tensors equal bit for bit"
                                f"{nondeterministic}")
         return
-    fix = (f"GPU runs repeat bit for bit only when no such op runs (docs/design.md, Provenance and determinism)"
+    fix = ("GPU runs repeat bit for bit only when no such op runs (docs/design.md, Provenance and determinism)"
            if ops else BUG_FIX)
     yield failed("resume", f"{what}: {len(differ)} of {total} tensors differ (max |Δ| {worst:.3g}; first: "
                            f"{', '.join(differ[:3])}){nondeterministic}", fix)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from kdbench import KdbenchError, methods
-from kdbench.hparams import HParam
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld",

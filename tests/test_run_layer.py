@@ -3,7 +3,6 @@ every launch path, exit codes, first-release results folders, KDBENCH_DEBUG."""
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import data, methods
+from kdbench import methods
 from kdbench.faults import DEBUG_ENV
 from kdbench.train import CohortSpec, train_cohort
 
-from test_runner import ONE_THREAD, kdbench, summaries, write_grid
+from test_runner import ONE_THREAD, kdbench, summaries, write_grid  # noqa: F401 (kdbench: a fixture)
 from test_train import SPEC, TEACHER, member, splits, strip, teacher_model  # noqa: F401 (a fixture)
 
 V01 = Path(__file__).parent / "fixtures" / "results_v0_1"

@@ -13,7 +13,7 @@ from kdbench import data, methods, models
 from kdbench.recipe import Options, Schedule
 from kdbench.teacher_ref import TeacherRef, TeacherSource
 from kdbench.train import CohortSpec, TrainingInterrupted, train_cohort
-from kdbench.trainee import WEAK, Member, Trainee, build_student
+from kdbench.trainee import Member, Trainee, build_student
 
 SPEC = {"name": "synthetic", "num_classes": 10, "train_size": 160, "test_size": 64, "image_size": 16, "channels": 3}
 TIMING = {"epoch_seconds", "images_per_s"}

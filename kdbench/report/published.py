@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 from importlib import resources
-from typing import Any, Hashable
+from typing import Any
 
 import pandas as pd
 
