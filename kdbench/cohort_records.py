@@ -42,24 +42,42 @@ class CohortWriter:
         out = trainee.member.out_dir
         return None if out is None else Path(out) / records.CHECKPOINT
 
-    def save_checkpoint(self, trainee: Trainee, status: Status = Status.RUNNING,
-                        partial: dict[str, Any] | None = None) -> None:
-        """Write the member's checkpoint (with a copy of its summary, to rebuild a damaged one)."""
+    def save_partial(self, trainee: Trainee, partial: dict[str, Any]) -> None:
+        """Write the member's checkpoint in the middle of an epoch (`partial`: where it stopped)."""
         out = self._writes(trainee)
-        if out is None:
-            return
-        path = out / records.CHECKPOINT
-        record = json.loads(json.dumps(self.summary(trainee, status).to_json()))
-        with writing(path):
-            atomic.torch_save(path, trainee.checkpoint(self.cohort.seed, self.cohort.teacher_sha256, record, partial))
+        if out is not None:
+            self._save_checkpoint(out, trainee, self.summary(trainee, Status.RUNNING), partial)
 
     def write(self, trainee: Trainee, status: Status) -> None:
         """Write the member's config (once), metrics and summary."""
         out = self._writes(trainee)
+        if out is not None:
+            self._write(out, trainee, self.summary(trainee, status))
+
+    def epoch_done(self, trainee: Trainee, status: Status, row: dict[str, Any]) -> None:
+        """After a finished epoch: the checkpoint, then config, metrics and summary (one
+        `Summary` serves both), then the row to the tracking sinks."""
+        out = self._writes(trainee)
         if out is None:
             return
+        summary = self.summary(trainee, status)
+        self._save_checkpoint(out, trainee, summary)
+        self._write(out, trainee, summary)
+        if trainee.run_id in self.sinks:
+            self.sinks[trainee.run_id].log_epoch(row)
+
+    def _save_checkpoint(self, out: Path, trainee: Trainee, summary: Summary,
+                         partial: dict[str, Any] | None = None) -> None:
+        # The summary travels in the checkpoint too: enough to rebuild a damaged summary.json.
+        path = out / records.CHECKPOINT
+        record = json.loads(json.dumps(summary.to_json()))
+        with writing(path):
+            atomic.torch_save(path, trainee.checkpoint(self.cohort.seed, self.cohort.teacher_sha256, record, partial))
+
+    @staticmethod
+    def _write(out: Path, trainee: Trainee, summary: Summary) -> None:
         with writing(out / records.SUMMARY):
-            records.write_record(out, trainee.member.config, trainee.history, self.summary(trainee, status))
+            records.write_record(out, trainee.member.config, trainee.history, summary)
 
     def fail(self, trainee: Trainee, failure: Failure, exc: BaseException | None, where: str) -> None:
         """Record the member's failure: error.log (with the traceback of `exc`), then its summary;
@@ -86,11 +104,6 @@ class CohortWriter:
             self.cohort.options.log, out, run_config=trainee.member.config, run_id=trainee.run_id,
             grid=record.get("grid") or "", cohort=record.get("cohort") or "", start_epoch=trainee.epochs_done,
             label=label)
-
-    def log_epoch(self, trainee: Trainee, row: dict[str, Any]) -> None:
-        """Feed the epoch's row to the member's sinks."""
-        if trainee.run_id in self.sinks:
-            self.sinks[trainee.run_id].log_epoch(row)
 
     def close_sinks(self, trainee: Trainee | None = None, failed: bool = False) -> None:
         """Close one member's sinks, or every member's."""

@@ -243,7 +243,7 @@ class _CohortTrainer:
                 elapsed = train_seconds + time.perf_counter() - started
                 for trainee in active:
                     if trainee.failure is None:
-                        self.writer.save_checkpoint(trainee, partial={
+                        self.writer.save_partial(trainee, {
                             "epoch": epoch, "step": step, "train_seconds": elapsed,
                             "accumulators": trainee.accumulators()})
                 raise TrainingInterrupted(f"stopped at epoch {epoch}, step {step}; progress saved")
@@ -305,10 +305,7 @@ class _CohortTrainer:
             row["epoch_seconds"] = epoch_seconds
             row["images_per_s"] = num_images / train_seconds if train_seconds > 0 else None
             trainee.history.append(row)
-            status = Status.DONE if epoch == self.epochs else Status.RUNNING
-            self.writer.save_checkpoint(trainee, status=status)
-            self.writer.write(trainee, status)
-            self.writer.log_epoch(trainee, row)
+            self.writer.epoch_done(trainee, Status.DONE if epoch == self.epochs else Status.RUNNING, row)
         self.reporter.epoch_done(epoch, rows)
 
     def _result(self, trainee: Trainee) -> MemberResult:
