@@ -240,8 +240,9 @@ def cli_verify(args: argparse.Namespace) -> int:
             problems += len(lines)
         for ref in teachers.values():
             entry = recorded_teacher(layout, ref)
-            if entry and ref.path.is_file() and _sha256(ref.path) != entry["sha256"]:
-                console().print(f"teacher {ref.label}: SHA-256 {_sha256(ref.path)[:16]}… differs from "
+            found = _sha256(ref.path) if entry and ref.path.is_file() else None
+            if found is not None and found != entry["sha256"]:
+                console().print(f"teacher {ref.label}: SHA-256 {found[:16]}… differs from "
                                 f"{entry['sha256'][:16]}… recorded when it was {entry.get('how', 'first used')} → "
                                 "`kdbench run` fails the runs that need it; `--retry-failed` retrains them on it",
                                 markup=False, soft_wrap=True)
@@ -270,6 +271,7 @@ def _run_teacher(layout: Layout, run_id: str, data_root: Path) -> tuple[TeacherR
         return ref, None
     return ref, (f"{run_id}: teacher {ref.label} has SHA-256 {found[:16]}…, the run recorded "
                  f"{summary.teacher_sha256[:16]}… → `kdbench run` fails it instead of resuming on another teacher")
+
 
 _hashes: dict[tuple[str, int, int], str] = {}
 
