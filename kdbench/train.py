@@ -24,18 +24,17 @@ import torch
 from torch import Tensor, nn
 
 from kdbench import distributed, models, records
+from kdbench.cohort_records import CohortWriter
+from kdbench.compiling import Compiled
+from kdbench.data.loaders import require_strong_view
 from kdbench.errors import KdbenchError
 from kdbench.evaluation import evaluate, teacher_correctness
 from kdbench.faults import CohortFault, StorageFault, is_cohort_fault, reraise_for_debugging
-from kdbench import precision as precisions
-from kdbench.compiling import Compiled
-from kdbench.precision import autocast
+from kdbench.precision import autocast, check as check_precision
 from kdbench.progress import Reporter, SilentReporter
 from kdbench.provenance import NondeterminismRecorder, environment, set_deterministic
 from kdbench.recipe import Options
 from kdbench.records import Failure, Status, now_iso
-from kdbench.cohort_records import CohortWriter
-from kdbench.data.loaders import require_strong_view
 from kdbench.trainee import STRONG, WEAK, CohortSpec, Member, MemberResult, Trainee, build_method, build_student
 
 
@@ -71,7 +70,7 @@ class _CohortTrainer:
         if len(schedules) != 1:
             raise ValueError(f"cohort members disagree on epochs/batch size: {sorted(schedules)}")
         (self.epochs, self.batch_size), = schedules
-        precisions.check(device, self.options.precision)
+        check_precision(device, self.options.precision)
         set_deterministic(device, self.options.deterministic)
         self.recorder = NondeterminismRecorder() if self.options.deterministic else None
         self.data = data if data is not None else build_data(
