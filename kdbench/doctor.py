@@ -114,9 +114,10 @@ def run(device: torch.device, *, quick: bool, data_root: Path, data_source: str,
             for name, produce in quick_checks(device, scale, Path(workdir), precision, can_train):
                 checks += _collect(name, produce, show)
     try:
-        info, name = versions(device), provenance.environment(device)["device_name"]
+        env = provenance.environment(device)
+        info, name = versions(env), env["device_name"]
     except Exception:  # noqa: BLE001 -- a broken device: the device check says why
-        info, name = versions(torch.device("cpu")), None
+        info, name = versions(provenance.environment("cpu")), None
     return Report(device, quick, checks, time.perf_counter() - started, info, name)
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import provenance
-from kdbench.precision import PRECISIONS
+from kdbench.precision import DTYPES, gpu_has_native_bf16
 from kdbench.trainee import build_student
 
 MIN_PYTHON = (3, 10)
@@ -74,9 +74,8 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- versions
 
 
-def versions(device: torch.device) -> dict[str, Any]:
-    """The versions the summary reports (from `provenance.environment`, plus torchvision)."""
-    env = provenance.environment(device)
+def versions(env: dict[str, Any]) -> dict[str, Any]:
+    """The versions the summary reports: from `env` (`provenance.environment`), plus torchvision."""
     keys = ("kdbench", "python", "torch", "cuda", "cudnn", "driver", "git_commit", "git_dirty")
     out = {k: env[k] for k in keys}
     out["torchvision"] = installed_version("torchvision")
@@ -185,48 +184,41 @@ def _cpu_native(kind: str) -> tuple[bool, str]:
     return native, ", ".join(found)
 
 
+def _precision_check(device: torch.device, precision: str, native: bool, how: str, trains: str,
+                     fixes: tuple[str, str]) -> Check:
+    """`precision` passes where autocast runs and the device has native kernels; `fixes`: for (broken, emulated)."""
+    broken = _autocast_runs(device, DTYPES[precision])
+    if broken:
+        return failed(precision, f"{precision} autocast fails on {device}: {broken}", fixes[0])
+    if not native:
+        return failed(precision, f"{how}: {precision} would be emulated, slower than fp32", fixes[1])
+    return passed(precision, f"{how}; options.precision: {precision} trains {trains}")
+
+
 def precision_checks(device: torch.device) -> Iterator[Check]:
     """bf16, fp16 and TF32: what this device runs natively, and what kdbench can train in."""
     cuda = device.type == "cuda"
     capability = torch.cuda.get_device_capability(device) if cuda else None
     where = f"compute capability {capability[0]}.{capability[1]}" if cuda else "this CPU"
-    # bf16
-    broken = _autocast_runs(device, torch.bfloat16)
     if cuda:
-        try:
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # torch < 2.3 has no emulation argument
-            native = torch.cuda.is_bf16_supported()
+        native = gpu_has_native_bf16()
         how = "native bf16" if native else "no native bf16"
     else:
         native, isa = _cpu_native("bf16")
         how = f"native bf16 kernels ({isa or 'oneDNN'})" if native else "no bf16 instructions (AVX512-BF16, AMX)"
-    if broken:
-        yield failed("bf16", f"bf16 autocast fails on {device}: {broken}", "use options.precision: fp32")
-    elif not native:
-        yield failed("bf16", f"{how} on {where}: bf16 would be emulated, slower than fp32",
-                     "use options.precision: fp16 (a gradient scaler) on this GPU" if cuda
-                     else "keep options.precision: fp32 on this CPU")
-    else:
-        yield passed("bf16", f"{how} on {where}; options.precision: bf16 trains with autocast")
-    # fp16
-    broken = _autocast_runs(device, torch.float16)
+    yield _precision_check(device, "bf16", native, f"{how} on {where}", "with autocast", (
+        "use options.precision: fp32",
+        "use options.precision: fp16 (a gradient scaler) on this GPU" if cuda
+        else "keep options.precision: fp32 on this CPU"))
     if cuda:
         native = capability >= (7, 0)
         how = "fp16 tensor cores" if native else "no fp16 tensor cores (before Volta)"
     else:
         native, isa = _cpu_native("fp16")
         how = f"native fp16 kernels ({isa or 'oneDNN'})" if native else "no fp16 instructions (AMX-FP16)"
-    if broken:
-        yield failed("fp16", f"fp16 autocast fails on {device}: {broken}", "use options.precision: bf16 or fp32")
-    elif "fp16" not in PRECISIONS:
-        yield failed("fp16", f"{how} on {where}, but this kdbench cannot train in fp16",
-                     "update kdbench (fp16 training needs a version with options.precision: fp16)")
-    elif not native:
-        yield failed("fp16", f"{how} on {where}: fp16 would be emulated, slower than fp32",
-                     "use options.precision: bf16 or fp32 here" if not cuda else "use options.precision: fp32 here")
-    else:
-        yield passed("fp16", f"{how} on {where}; options.precision: fp16 trains with autocast and a gradient scaler")
+    yield _precision_check(device, "fp16", native, f"{how} on {where}", "with autocast and a gradient scaler", (
+        "use options.precision: bf16 or fp32",
+        "use options.precision: fp32 here" if cuda else "use options.precision: bf16 or fp32 here"))
     # TF32
     if not cuda:
         yield passed("tf32", "not used on the CPU: fp32 matmuls and convolutions run in full fp32")

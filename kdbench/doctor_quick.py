@@ -19,6 +19,7 @@ import torch
 
 from kdbench import bench, conformance, data, devices, methods, provenance
 from kdbench.doctor_checks import BUG_FIX, Check, failed, one_line, passed
+from kdbench.precision import gpu_has_native_bf16
 from kdbench.recipe import Options, Schedule
 from kdbench.records import CHECKPOINT, Status
 from kdbench.teacher_ref import TeacherRef, TeacherSource
@@ -77,13 +78,7 @@ TINY = Scale(methods=("kd", "ctkd"), train_size=64, test_size=32, image_size=8, 
 
 def reduced_precision(device: torch.device) -> str:
     """The precision `--quick` trains in besides fp32: bf16, or fp16 on a GPU without native bf16."""
-    if device.type != "cuda":
-        return "bf16"
-    try:
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3
-        native = torch.cuda.is_bf16_supported()
-    return "bf16" if native else "fp16"
+    return "bf16" if device.type != "cuda" or gpu_has_native_bf16() else "fp16"
 
 
 # ----------------------------------------------------------------------------- the method contract
@@ -330,9 +325,8 @@ def bench_check(device: torch.device, scale: Scale) -> Iterator[Check]:
     except Exception as exc:  # noqa: BLE001
         yield failed("bench", f"kdbench bench fails on {device}: {one_line(exc)}", BUG_FIX)
         return
-    flops = f"; {1e3 * r['cohort_tflops']:,.1f} GFLOP/s"
-    if r.get("share_of_gemm_peak") is not None:
-        flops += f", {100 * r['share_of_gemm_peak']:.0f}% of the fp32 matmul peak measured alongside"
+    flops = (f"; {1e3 * r['cohort_tflops']:,.1f} GFLOP/s, {100 * r['share_of_gemm_peak']:.0f}% of the fp32 matmul "
+             "peak measured alongside")
     yield passed("bench", f"{r['teacher']}→{r['student']}, {_count(r['cohort_size'], 'student')} "
                           f"({', '.join(r['methods'])}), batch {r['batch_size']}, {_count(r['steps'], 'step')}, fp32: "
                           f"{r['student_images_per_s']:,.0f} student images/s as a cohort, {r['speedup']:.2f}× "

@@ -14,24 +14,23 @@ import torch
 
 from kdbench.errors import KdbenchError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: Each precision option and the dtype its matmuls and convolutions run in.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(DTYPES)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 or fp16 autocast for those precisions; nothing for fp32."""
-    if precision in _DTYPES:
-        return torch.autocast(device.type, dtype=_DTYPES[precision])
-    if precision != "fp32":
-        raise KdbenchError(f"options.precision: expected {', '.join(PRECISIONS)}, got {precision!r}")
-    return contextlib.nullcontext()
+    _known(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
 def check(device: torch.device | str, precision: str) -> None:
     """A one-line `KdbenchError` when `device` can't train in `precision`."""
     device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise KdbenchError(f"options.precision: expected {', '.join(PRECISIONS)}, got {precision!r}")
+    _known(precision)
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
         name = torch.cuda.get_device_name(device)
         major, minor = torch.cuda.get_device_capability(device)
@@ -42,3 +41,16 @@ def check(device: torch.device | str, precision: str) -> None:
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
     """A gradient scaler for fp16, None otherwise."""
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def gpu_has_native_bf16() -> bool:
+    """Whether the current GPU runs bf16 natively (not emulated, which is slower than fp32)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no emulation argument
+        return torch.cuda.is_bf16_supported()
+
+
+def _known(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise KdbenchError(f"options.precision: expected {', '.join(PRECISIONS)}, got {precision!r}")
