@@ -18,7 +18,7 @@ import torch
 from kdbench import devices, methods, models
 from kdbench.compiling import Compiled
 from kdbench.console import console
-from kdbench.precision import autocast
+from kdbench.precision import DTYPES, autocast
 from kdbench.recipe import Options, Schedule
 from kdbench.trainee import WEAK, Member, Trainee, build_student
 
@@ -114,7 +114,7 @@ def measure(
         )
         result["separate_student_images_per_s"] = k * batch_size * steps / separate_seconds
         result["speedup"] = result["student_images_per_s"] / result["separate_student_images_per_s"]
-    teacher_macs = models.count_macs(models.build(teacher, num_classes, in_channels), in_channels, image_size)
+    teacher_macs = models.count_macs(setup.teacher, in_channels, image_size)  # the eager module; compiling wraps it
     student_macs = models.count_macs(models.build(student, num_classes, in_channels), in_channels, image_size)
     # Training a student costs about 3 forwards (forward + backward); the teacher 1.
     flops_per_step = 2 * batch_size * (teacher_macs + 3 * k * student_macs)
@@ -130,7 +130,7 @@ def gemm_peak_tflops(device: torch.device, precision: str, size: int | None = No
     The cohort's achieved FLOP/s is reported as a share of it: what the convolutions,
     normalisations and losses leave on the table, on this machine, in this run.
     """
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = DTYPES[precision]
     # CPUs have no fast fp16 matmul (2048² would take minutes): a smaller GEMM shows its peak.
     size = size or (8192 if device.type == "cuda" else 256 if precision == "fp16" else 2048)
     repeats = repeats or (20 if device.type == "cuda" else 5)
