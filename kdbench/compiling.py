@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable
 
 import torch
 
-_warned: set[str] = set()
+from kdbench.once import warn_once
+
 _compiled_instances = 0
 # Graphs one compiled callable may need: train and eval mode, a first and a dynamic batch shape.
 _GRAPHS_PER_INSTANCE = 4
-
-
-def warn_once(message: str) -> None:
-    """A RuntimeWarning, at most once per process for the same message."""
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 class Compiled:

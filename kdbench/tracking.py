@@ -12,7 +12,8 @@ warning and is turned off; training goes on. Usage::
     ...
     sinks.close()                 # close(failed=True) when the run failed
 
-This module imports nothing from kdbench, so the grid parser can read `SINK_NAMES`.
+This module imports nothing from kdbench but the import-free `once`, so the grid parser can
+read `SINK_NAMES` cheaply.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from kdbench.once import warn_once
 
 #: The sink names `options.log` accepts, with the package each needs.
 SINK_NAMES = ("tensorboard", "wandb")
@@ -229,14 +232,9 @@ _OPENERS: dict[str, Callable[..., _Sink]] = {"tensorboard": _TensorBoard, "wandb
 
 # -- warnings -----------------------------------------------------------------------------
 
-_warned: set[str] = set()
-
-
 def _warn_once(message: str) -> None:
     # A missing package is the same news for every run of the process: say it once.
-    if message not in _warned:
-        _warned.add(message)
-        _warn(message)
+    warn_once(message, TrackingWarning, stacklevel=2)
 
 
 def _warn(message: str) -> None:

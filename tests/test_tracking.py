@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import tracking
+from kdbench import once, tracking
 from kdbench.tracking import TrackingWarning, open_sinks, scalar_tags
 
 
@@ -209,7 +209,7 @@ def test_sink_failing_to_open_warns_and_is_left_out(tmp_path, fakes, monkeypatch
 
 def test_missing_package_warns_once_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "_PACKAGES", {"tensorboard": "kdbench_no_such_package", "wandb": "json"})
-    monkeypatch.setattr(tracking, "_warned", set())
+    monkeypatch.setattr(once, "_warned", set())
     with pytest.warns(TrackingWarning) as caught:
         first = sinks(["tensorboard"], tmp_path / "a")
         second = sinks(["tensorboard"], tmp_path / "b")
@@ -239,7 +239,7 @@ def test_wandb_without_login_logs_offline_instead_of_prompting(tmp_path, wandb_o
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setattr(tracking, "_warned", set())
+    monkeypatch.setattr(once, "_warned", set())
     with pytest.warns(TrackingWarning, match=r"^wandb: no W&B login found .* logging offline"):
         s = sinks(["wandb"], tmp_path / "run")
     s.log_epoch(row(1))
