@@ -574,8 +574,7 @@ class _Parser:
                 variants.append(Variant(label=sub_label, method=method, hparams=hparams, base=label, sweep=sweep,
                                         protocol=protocol))
         # Labels are unique by construction: base labels are mapping keys without parentheses.
-        self.check_distinct([(v.label, v.method, {**v.hparams, "(protocol)": v.protocol}) for v in variants],
-                            "methods")
+        self.check_distinct([(v.label, v.method, v.hparams, v.protocol) for v in variants], "methods")
         return variants
 
     def protocol(self, method: str, value: Any, path: str) -> str:
@@ -633,11 +632,11 @@ class _Parser:
         except KdbenchError as exc:
             raise self.wrap(path, exc) from None
 
-    def check_distinct(self, entries: list[tuple[str, str, dict[str, Any]]], path: str) -> None:
-        """Refuse two labels whose (method, hyper-parameters) are the same."""
+    def check_distinct(self, entries: list[tuple[str, str, dict[str, Any], str]], path: str) -> None:
+        """Refuse two labels whose (method, hyper-parameters, protocol) are the same."""
         seen: dict[str, str] = {}
-        for label, method, hparams in entries:
-            key = json.dumps([method, hparams], sort_keys=True, default=str)
+        for label, method, hparams, protocol in entries:
+            key = json.dumps([method, hparams, protocol], sort_keys=True, default=str)
             if key in seen:
                 raise self.fail(
                     path,
@@ -715,8 +714,7 @@ class _Parser:
             extra = method_overrides.get(v.base)
             hparams[v.label] = (self.resolve_hparams(v.method, {**v.hparams, **extra}, f"{path}.methods.{v.base}")
                                 if extra else v.hparams)
-        self.check_distinct([(v.label, v.method, {**hparams[v.label], "(protocol)": v.protocol}) for v in chosen],
-                            f"{path}.methods")
+        self.check_distinct([(v.label, v.method, hparams[v.label], v.protocol) for v in chosen], f"{path}.methods")
         pair_name = f"{teacher.arch if teacher else ''}->{student}"
         for v in chosen:
             if v.protocol == "own":
