@@ -31,7 +31,7 @@ def check(device: torch.device | str, precision: str) -> None:
     """A one-line `KdbenchError` when `device` can't train in `precision`."""
     device = torch.device(device)
     _known(precision)
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    if device.type == "cuda" and precision == "bf16" and not gpu_has_native_bf16():
         name = torch.cuda.get_device_name(device)
         major, minor = torch.cuda.get_device_capability(device)
         raise KdbenchError(f"options.precision: bf16 is not supported on {name} (compute capability {major}.{minor}); "
