@@ -22,8 +22,8 @@ import math
 __all__ = ["betainc", "normal_cdf", "nct_cdf", "nct_sf", "t_cdf", "t_pdf", "t_ppf", "t_sf", "t_two_sided_p"]
 
 _EPS = 1e-16
-_CLOSED_FORM_MAX_DF = 1000
-_NEGLIGIBLE = 1e-25  # absolute: a noncentral t term below this does not move a probability  # the closed forms sum ν/2 terms: beyond this the continued fraction is faster
+_CLOSED_FORM_MAX_DF = 1000  # the closed forms sum ν/2 terms: beyond this the continued fraction is faster
+_NEGLIGIBLE = 1e-25  # absolute: a noncentral t term below this does not move a probability
 
 
 def normal_cdf(x: float) -> float:
@@ -75,9 +75,14 @@ def _check_df(df: float) -> None:
         raise ValueError(f"degrees of freedom must be a positive number, got {df!r}")
 
 
+def _closed_form(df: float) -> bool:
+    """Whether the closed forms (integer ν up to `_CLOSED_FORM_MAX_DF`) give A(t|ν)."""
+    return float(df).is_integer() and df <= _CLOSED_FORM_MAX_DF
+
+
 def _central_prob(t: float, df: float) -> float:
     """A(t|ν) = P(|T| < |t|) for Student's t with ν = `df` degrees of freedom."""
-    if float(df).is_integer() and df <= _CLOSED_FORM_MAX_DF:
+    if _closed_form(df):
         return _central_prob_closed(abs(t), int(df))
     return betainc(0.5, df / 2.0, t * t / (df + t * t)) if t else 0.0  # A&S 26.7.1 with 26.5.27
 
@@ -111,7 +116,7 @@ def t_two_sided_p(t: float, df: float) -> float:
         return math.nan
     if math.isinf(t):
         return 0.0
-    if abs(t) > 1.0 and not (float(df).is_integer() and df <= _CLOSED_FORM_MAX_DF):
+    if abs(t) > 1.0 and not _closed_form(df):
         # The upper tail directly (A&S 26.7.1 with 26.5.27): no cancellation in 1 − A for large |t|.
         return min(1.0, betainc(df / 2.0, 0.5, df / (df + t * t)))
     return min(1.0, max(0.0, 1.0 - _central_prob(t, df)))
@@ -129,14 +134,9 @@ def t_sf(t: float, df: float) -> float:
 
 
 def t_cdf(t: float, df: float) -> float:
-    """The CDF P(T ≤ t) of Student's t."""
+    """The CDF P(T ≤ t) of Student's t: P(T > −t), by symmetry."""
     _check_df(df)
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    half_tail = 0.5 * t_two_sided_p(t, df)
-    return 1.0 - half_tail if t >= 0 else half_tail
+    return t_sf(-t, df)
 
 
 def t_pdf(t: float, df: float) -> float:
