@@ -16,7 +16,7 @@ import pandas as pd
 from kdbench.report import stats
 from kdbench.report.prepare import Prepared
 
-__all__ = ["COLUMNS", "adjust", "cell_frame", "compare_seeds"]
+__all__ = ["COLUMNS", "adjust", "cell_frame", "compare_seeds", "seed_values"]
 
 # One row per cell with a done run.
 COLUMNS = ["variant", "pair", "seeds", "values", "n", "mean", "std", "n_paired", "mean_diff", "std_diff", "ci_low",
@@ -58,13 +58,19 @@ def adjust(frame: pd.DataFrame, by: str, alpha: float, correction: str) -> pd.Da
     return frame
 
 
+def seed_values(prep: Prepared) -> dict[tuple[str, str], dict[Any, float]]:
+    """(variant, pair) → {seed: value}, seeds in sorted order.
+
+    Duplicate runs of one seed (the same run in two grids' copies) are averaged.
+    """
+    return {(variant, pair): {seed: float(g["value"].mean()) for seed, g in group.groupby("seed", sort=True)}
+            for (variant, pair), group in prep.runs.groupby(["variant", "pair"], sort=False)}
+
+
 def cell_frame(prep: Prepared) -> pd.DataFrame:
     """One row per (variant, pair) with a done run: seeds, mean ± std, and the test against the baseline."""
     rows = []
-    cells: dict[tuple[str, str], dict[Any, float]] = {}
-    for (variant, pair), group in prep.runs.groupby(["variant", "pair"], sort=False):
-        # Duplicate runs of one seed (the same run in two grids' copies) are averaged.
-        cells[(variant, pair)] = {seed: float(g["value"].mean()) for seed, g in group.groupby("seed", sort=True)}
+    cells = seed_values(prep)
     for pair in prep.pairs:
         base = cells.get((prep.baseline, pair))
         for variant in prep.variants:

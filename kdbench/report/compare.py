@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Hashable
 
 import pandas as pd
 
 from kdbench import records, results
 from kdbench.errors import KdbenchError
 from kdbench.report import stats
-from kdbench.report.cells import adjust, compare_seeds
+from kdbench.report.cells import adjust, compare_seeds, seed_values
 from kdbench.report.layout import Cell, Grid, View, finite, pivot
 from kdbench.report.prepare import TEACHER_ROW, Prepared, order, text
 from kdbench.report.views import AVERAGE, HOLM
@@ -49,11 +49,6 @@ def locate(path: str | Path, grid: str | None) -> tuple[Path, str]:
     return path, grids[0]
 
 
-def _cells(prep: Prepared) -> dict[tuple[str, str], dict[Any, float]]:
-    return {(v, p): {seed: float(g["value"].mean()) for seed, g in group.groupby("seed", sort=True)}
-            for (v, p), group in prep.runs.groupby(["variant", "pair"], sort=False)}
-
-
 def _teacher(prep: Prepared, pair: str) -> float:
     values = prep.runs.loc[prep.runs["pair"] == pair, "teacher_top1"].dropna()
     return float(values.mean()) if len(values) else math.nan
@@ -63,7 +58,7 @@ def differences(a: Prepared, b: Prepared) -> tuple[pd.DataFrame, dict[str, list[
     """One row per shared (variant, pair): A's and B's means and the test of B − A; plus what only one side has."""
     pairs = [p for p in a.pairs if p in set(b.pairs)]
     variants = [v for v in order(a.variants + b.variants, a.variants) if v in set(a.variants) & set(b.variants)]
-    cells_a, cells_b = _cells(a), _cells(b)
+    cells_a, cells_b = seed_values(a), seed_values(b)
     rows = []
     for p in pairs:
         ta, tb = _teacher(a, p), _teacher(b, p)
