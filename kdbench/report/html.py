@@ -5,7 +5,7 @@ data are inline. Its parts come from the same views as the other formats:
 
 - the main results as a long table (`long_frame`: one row per pair and method), sortable
   by any column and filterable by pair, method and teacher, with each cell's seeds as a
-  tooltip (from the runs view);
+  tooltip (the per-seed values the cell statistics read, `cells.seed_values`);
 - the accuracy curves of every pair, drawn in the browser from the curves view;
 - every other table view, drawn from its grid like the Markdown, and its notes.
 
@@ -23,13 +23,14 @@ from typing import Any, Sequence
 import pandas as pd
 
 from kdbench import __version__
+from kdbench.report.cells import seed_values
 from kdbench.report.curves import CURVES
 from kdbench.report.layout import Cell, Grid, View, finite, number, render_cell
 from kdbench.report.plots import palette
 from kdbench.report.prepare import TEACHER_ROW, Prepared, text
 from kdbench.report.provenance import ENVIRONMENT, TEACHERS
 from kdbench.report.published import REPRODUCTION
-from kdbench.report.run_views import COST, NOT_DONE, RUNS, SELECTION, TEACHER_SPLIT
+from kdbench.report.run_views import COST, NOT_DONE, SELECTION, TEACHER_SPLIT
 from kdbench.report.views import AVERAGE, DAGGER, GAIN, MAIN, SEEDS, flag
 
 __all__ = ["LONG_COLUMNS", "html_page", "long_frame", "long_table"]
@@ -115,13 +116,10 @@ def long_frame(main: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values(["_p", "_v"], kind="stable").drop(columns=["_p", "_v"]).reset_index(drop=True)
 
 
-def _seed_titles(runs: pd.DataFrame | None) -> dict[tuple[str, str], str]:
-    """(variant, pair) → "seed 0: 72.10" lines, from the runs view (a seed's duplicate runs averaged)."""
-    if runs is None or runs.empty:
-        return {}
-    per_seed = runs.groupby(["variant", "pair", "seed"], sort=True)["value"].mean().reset_index()
-    return {(v, p): "\n".join(f"seed {text(s)}: {x:.2f}" for s, x in zip(g["seed"], g["value"]))
-            for (v, p), g in per_seed.groupby(["variant", "pair"], sort=False)}
+def _seed_titles(prep: Prepared) -> dict[tuple[str, str], str]:
+    """(variant, pair) → "seed 0: 72.10" lines (a seed's duplicate runs averaged, as in the cells)."""
+    return {cell: "\n".join(f"seed {text(s)}: {x:.2f}" for s, x in values.items())
+            for cell, values in seed_values(prep).items()}
 
 
 def _num(x: Any, signed: bool = False) -> tuple[str, str]:
@@ -137,14 +135,14 @@ def _p_text(p: Any) -> tuple[str, str]:
     return repr(float(p)), "0" if p == 0 else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
-def long_table(main: pd.DataFrame, runs: pd.DataFrame | None, correction: str) -> str:
+def long_table(main: pd.DataFrame, prep: Prepared) -> str:
     """The interactive long table with its filter bar."""
     frame = long_frame(main)
-    titles = _seed_titles(runs)
+    titles = _seed_titles(prep)
     headers = []
     for key, header, kind, align in LONG_COLUMNS:
         if key == "p_adjusted":
-            header = "p (Holm)" if correction == "holm" else "p"
+            header = "p (Holm)" if prep.correction == "holm" else "p"
         cls = ' class="r"' if align == "r" else ""
         headers.append(f'<th data-key="{key}" data-type="{kind}"{cls}>{esc(header)}</th>')
     body = []
@@ -247,9 +245,7 @@ def html_page(grid: str, prep: Prepared, views: Sequence[View]) -> str:
     """The whole report as one HTML document (a string)."""
     by_name = {v.name: v for v in views}
     main = by_name[MAIN]
-    runs = by_name.get(RUNS)
-    sections: dict[str, list[str]] = {"Results": [long_table(main.frame, runs.frame if runs else None,
-                                                             prep.correction) + _notes(main.notes)]}
+    sections: dict[str, list[str]] = {"Results": [long_table(main.frame, prep) + _notes(main.notes)]}
     if CURVES in by_name:
         sections["Accuracy curves"] = [_curves_section(by_name[CURVES].frame, prep)]
     for view in views:
