@@ -25,7 +25,7 @@ import pandas as pd
 from kdbench import __version__
 from kdbench.report.cells import seed_values
 from kdbench.report.curves import CURVES
-from kdbench.report.layout import Cell, Grid, View, finite, number, render_cell
+from kdbench.report.layout import Cell, Grid, View, finite, inline_markup, number, render_cell
 from kdbench.report.plots import palette
 from kdbench.report.prepare import TEACHER_ROW, Prepared, text
 from kdbench.report.provenance import ENVIRONMENT, TEACHERS
@@ -52,14 +52,8 @@ def esc(s: Any) -> str:
 
 def _inline(note: str) -> str:
     """A note's Markdown (`code`, **bold**) as HTML, everything else escaped."""
-    out = []
-    for i, part in enumerate(re.split(r"`([^`]*)`", note)):
-        if i % 2:
-            out.append(f"<code>{esc(part)}</code>")
-        else:
-            pieces = re.split(r"\*\*([^*]+)\*\*", part)
-            out.extend(f"<strong>{esc(p)}</strong>" if j % 2 else esc(p) for j, p in enumerate(pieces))
-    return "".join(out)
+    return inline_markup(note, text=esc, code=lambda c: f"<code>{esc(c)}</code>",
+                         bold=lambda b: f"<strong>{esc(b)}</strong>")
 
 
 def _arrow(mark: str) -> str:

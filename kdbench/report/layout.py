@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["Cell", "Grid", "View", "finite", "number", "pivot", "render_cell"]
+__all__ = ["Cell", "Grid", "View", "finite", "inline_markup", "number", "pivot", "render_cell"]
 
 
 @dataclass
@@ -72,6 +73,22 @@ def render_cell(cell: Cell, *, bold: Callable[[str], str], pm: str, arrow: Calla
     if cell.note:
         parts.append(text(cell.note))
     return " ".join(parts)
+
+
+def inline_markup(s: str, *, text: Callable[[str], str], code: Callable[[str], str],
+                  bold: Callable[[str], str]) -> str:
+    """`s` (a title or note) with its Markdown `code` and **bold** drawn by one format's functions.
+
+    `code` and `bold` receive the raw inner text; everything else goes through `text`.
+    """
+    out = []
+    for i, part in enumerate(re.split(r"`([^`]*)`", s)):
+        if i % 2:
+            out.append(code(part))
+        else:
+            pieces = re.split(r"\*\*([^*]+)\*\*", part)
+            out.extend(bold(p) if j % 2 else text(p) for j, p in enumerate(pieces))
+    return "".join(out)
 
 
 @dataclass

@@ -6,10 +6,9 @@ the same frame, so they can't disagree.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
-from kdbench.report.layout import View, render_cell
+from kdbench.report.layout import View, inline_markup, render_cell
 
 __all__ = ["latex_escape", "to_csv", "to_latex", "to_markdown"]
 
@@ -61,14 +60,8 @@ def latex_escape(s: str) -> str:
 
 def _latex_inline(s: str) -> str:
     """Escape `s` for LaTeX, turning Markdown `code` into \\texttt and **bold** into \\textbf."""
-    out = []
-    for i, part in enumerate(re.split(r"`([^`]*)`", s)):
-        if i % 2:
-            out.append(r"\texttt{" + latex_escape(part) + "}")
-        else:
-            pieces = re.split(r"\*\*([^*]+)\*\*", part)
-            out.extend(r"\textbf{" + latex_escape(p) + "}" if j % 2 else latex_escape(p) for j, p in enumerate(pieces))
-    return "".join(out)
+    return inline_markup(s, text=latex_escape, code=lambda c: r"\texttt{" + latex_escape(c) + "}",
+                         bold=lambda b: r"\textbf{" + latex_escape(b) + "}")
 
 
 def _latex_header(h: str) -> str:
