@@ -89,9 +89,8 @@ def grid_table(grid: Grid, *, heat: bool = False) -> str:
     for i, row in enumerate(grid.rows):
         cells = []
         for j, (cell, a) in enumerate(zip(row, align)):
-            title = f' title="{esc(cell.title)}"' if cell.title else ""
             style = _heat(cell.value, scale) if heat and j > 0 else ""
-            cells.append(f"<td{a}{title}{style}>{_cell_html(cell)}</td>")
+            cells.append(f"<td{a}{style}>{_cell_html(cell)}</td>")
         rule = ' class="rule"' if i in grid.rule_after else ""
         body.append(f"<tr{rule}>{''.join(cells)}</tr>")
     return (f'<div class="scroll"><table class="data"><thead><tr>{head}</tr></thead>'

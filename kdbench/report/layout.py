@@ -35,11 +35,6 @@ class Cell:
     signed: bool = False
     interval: tuple[float, float] | None = None  # shown as [low, high] after the number
     source: tuple[Hashable, str] | None = None  # (frame index label, frame column) of `value`
-    title: str = ""  # a tooltip (HTML only)
-
-    def plain(self) -> str:
-        """The cell as plain text (no markup)."""
-        return render_cell(self, bold=lambda s: s, pm=" ± ", arrow=lambda a: a)
 
 
 def finite(x: Any) -> bool:
@@ -103,7 +98,6 @@ class Grid:
     rows: list[list[Cell]]
     align: list[str] | None = None
     rule_after: tuple[int, ...] = ()
-    row_keys: list[dict[str, Any]] = field(default_factory=list)  # per row: what it shows (HTML filters)
 
     def column_specs(self) -> list[str]:
         """LaTeX column specs, defaulting to `l` then `r`."""
