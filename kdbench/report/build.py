@@ -68,18 +68,14 @@ def build_report(runs: pd.DataFrame, metrics: pd.DataFrame | None = None, *, gri
     return Report(grid=grid, prepared=prep, views=built)
 
 
-def _suffix(metric: str) -> str:
-    return "" if metric == "last" else f"_{metric}"
-
-
 def write_report(report: Report, out: str | Path, *, with_plots: bool = True, html: bool = False) -> list[Path]:
     """Write every view as .csv (and tables as .md and .tex), a combined report .md, the figures
     (unless `with_plots=False`) and, with `html`, the self-contained report .html."""
     out = Path(out)
     written: list[Path] = []
-    metric = report.prepared.metric
+    suffix = report.prepared.suffix
     for v in report.views:
-        stem = v.name if v.metric_free else v.name + _suffix(metric)
+        stem = v.name if v.metric_free else v.name + suffix
         label = f"tab:kdbench-{report.grid}-{stem}".replace("_", "-") if report.grid else None
         files = [("csv", to_csv(v))]
         if v.grid is not None:
@@ -88,12 +84,12 @@ def write_report(report: Report, out: str | Path, *, with_plots: bool = True, ht
             path = out / f"{stem}.{ext}"
             atomic.write_text(path, content)
             written.append(path)
-    combined = out / f"report{_suffix(metric)}.md"
+    combined = out / f"report{suffix}.md"
     atomic.write_text(combined, f"# kdbench report: {report.grid}\n\n"
                       + "\n\n".join(to_markdown(v) for v in report.tables))
     written.append(combined)
     if html:
-        path = out / f"report{_suffix(metric)}.html"
+        path = out / f"report{suffix}.html"
         atomic.write_text(path, html_page(report.grid, report.prepared, report.views))
         written.append(path)
     if with_plots:

@@ -213,7 +213,7 @@ def plot_report(prep: Prepared, views: Mapping[str, View], out: Path) -> list[Pa
 
     `views` maps view names to the report's views; the figures draw their frames.
     """
-    suffix = "" if prep.metric == "last" else f"_{prep.metric}"
+    suffix = prep.suffix
     styles = {v: i for i, v in enumerate(prep.variants)}
     written: list[Path] = []
     correction = ", Holm-corrected" if prep.correction == "holm" else ""

@@ -105,6 +105,11 @@ class Prepared:
         return METRICS[self.metric]
 
     @property
+    def suffix(self) -> str:
+        """The file-name suffix of what depends on the metric: none for `last`, else `_best` or `_val`."""
+        return "" if self.metric == "last" else f"_{self.metric}"
+
+    @property
     def confidence(self) -> str:
         """The confidence level of the intervals, e.g. `95%`."""
         return f"{100 * (1 - self.alpha):g}%"
