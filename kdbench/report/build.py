@@ -74,19 +74,20 @@ def write_report(report: Report, out: str | Path, *, with_plots: bool = True, ht
     out = Path(out)
     written: list[Path] = []
     suffix = report.prepared.suffix
+    markdown = []  # every table's, for the combined report too
     for v in report.views:
         stem = v.name if v.metric_free else v.name + suffix
         label = f"tab:kdbench-{report.grid}-{stem}".replace("_", "-") if report.grid else None
         files = [("csv", to_csv(v))]
         if v.grid is not None:
-            files = [("md", to_markdown(v)), ("tex", to_latex(v, label=label))] + files
+            markdown.append(to_markdown(v))
+            files = [("md", markdown[-1]), ("tex", to_latex(v, label=label))] + files
         for ext, content in files:
             path = out / f"{stem}.{ext}"
             atomic.write_text(path, content)
             written.append(path)
     combined = out / f"report{suffix}.md"
-    atomic.write_text(combined, f"# kdbench report: {report.grid}\n\n"
-                      + "\n\n".join(to_markdown(v) for v in report.tables))
+    atomic.write_text(combined, f"# kdbench report: {report.grid}\n\n" + "\n\n".join(markdown))
     written.append(combined)
     if html:
         path = out / f"report{suffix}.html"
