@@ -16,7 +16,7 @@ import pandas as pd
 from kdbench.report import stats
 from kdbench.report.prepare import Prepared
 
-__all__ = ["COLUMNS", "adjust", "cell_frame", "compare_seeds", "seed_values"]
+__all__ = ["COLUMNS", "adjust", "cell_frame", "compare_seeds", "seed_values", "teacher_top1"]
 
 # One row per cell with a done run.
 COLUMNS = ["variant", "pair", "seeds", "values", "n", "mean", "std", "n_paired", "mean_diff", "std_diff", "ci_low",
@@ -65,6 +65,11 @@ def seed_values(prep: Prepared) -> dict[tuple[str, str], dict[Any, float]]:
     """
     return {(variant, pair): {seed: float(g["value"].mean()) for seed, g in group.groupby("seed", sort=True)}
             for (variant, pair), group in prep.runs.groupby(["variant", "pair"], sort=False)}
+
+
+def teacher_top1(prep: Prepared, pair: str) -> tuple[float, float, int]:
+    """`(mean, std, n)` of the teacher top-1 recorded by the runs of `pair` (`stats.mean_std`)."""
+    return stats.mean_std(prep.runs.loc[prep.runs["pair"] == pair, "teacher_top1"].dropna().tolist())
 
 
 def cell_frame(prep: Prepared) -> pd.DataFrame:

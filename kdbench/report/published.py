@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdbench.report import stats
+from kdbench.report.cells import teacher_top1
 from kdbench.report.layout import Cell, Grid, View, finite
 from kdbench.report.prepare import TEACHER_ROW, Prepared, text
 from kdbench.report.views import protocol_label, protocol_notes
@@ -102,7 +102,7 @@ def reproduction_view(prep: Prepared, cells: pd.DataFrame, published: pd.DataFra
         key = (_norm(first["dataset"]), _norm_model(first["teacher"]), _norm_model(first["student"]))
         for _, p in pub[pub["_key"] == key].iterrows():
             if p["method"] == "teacher":
-                mean, std, n = stats.mean_std(pair_runs["teacher_top1"].dropna().tolist())
+                mean = teacher_top1(prep, c)[0]
                 candidates = [(TEACHER_ROW, mean, None, None)] if finite(mean) else []
             else:
                 candidates = [(v, by_cell[(v, c)].mean, by_cell[(v, c)].std, by_cell[(v, c)].n) for v in prep.variants

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report import stats
+from kdbench.report.cells import teacher_top1
 from kdbench.report.layout import Cell, Grid, View, finite, pivot
 from kdbench.report.prepare import TEACHER_ROW, Prepared, text
 
@@ -144,7 +145,7 @@ def main_view(prep: Prepared, cells: pd.DataFrame) -> View:
     data = []
     teacher_means = []
     for p in prep.pairs:
-        mean, std, n = stats.mean_std(prep.runs.loc[prep.runs["pair"] == p, "teacher_top1"].dropna().tolist())
+        mean, std, n = teacher_top1(prep, p)
         std = std if finite(std) and std > 0.005 else math.nan  # one checkpoint: no spread to show
         if finite(mean):
             teacher_means.append(mean)
@@ -178,7 +179,7 @@ def main_view(prep: Prepared, cells: pd.DataFrame) -> View:
     notes.append("**Bold**: best student per column (ties all bold). (n=k): fewer seeds than the column's maximum. "
                  "Average: mean over pairs of the cell means; (k/m pairs) when a row lacks some pairs.")
     notes += protocol_notes(prep)
-    if prep.not_done is not None and len(prep.not_done):
+    if len(prep.not_done):
         notes.append(f"{len(prep.not_done)} run(s) not done (running or failed) are left out; see the runs-not-done table.")
     notes += prep.notes
     return View(name=MAIN, title=f"Test top-1 (%), {info.short}", frame=frame, notes=notes, grid=_main_grid)
