@@ -10,7 +10,7 @@ from typing import Any, Hashable
 import pandas as pd
 
 from kdbench.report import stats
-from kdbench.report.layout import Cell, Grid, View, finite, pivot
+from kdbench.report.layout import Cell, Grid, View, finite, number, pivot
 from kdbench.report.prepare import Prepared, order, text
 
 __all__ = ["COST", "NOT_DONE", "RUNS", "SELECTION", "TEACHER_SPLIT", "cost_view", "duration", "not_done_view", "runs_view", "selection_view",
@@ -26,7 +26,7 @@ LAST_EPOCH_WHY = ("kdbench README, “What is measured, and why last-epoch”; m
 
 
 def _two(x: Any) -> str:
-    return f"{x:.2f}" if finite(x) else "—"
+    return number(x) if finite(x) else "—"
 
 
 def _teacher_split_grid(frame: pd.DataFrame) -> Grid:
@@ -139,7 +139,7 @@ def _not_done_grid(frame: pd.DataFrame) -> Grid:
 def not_done_view(prep: Prepared) -> View | None:
     """Runs that are running or failed, with the failure reason and error log (None when every run is done)."""
     nd = prep.not_done
-    if nd is None or nd.empty:
+    if nd.empty:
         return None
     data = []
     nd = nd.sort_values(["status", "pair", "variant", "seed"], key=lambda s: s.astype(str))
