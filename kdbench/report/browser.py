@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import shutil
 import tempfile
@@ -44,7 +45,7 @@ def _find(env: str, names: Sequence[str]) -> str | None:
 def browser_unavailable() -> str | None:
     """Why a headless Chromium can't be driven here (None when it can)."""
     try:
-        import selenium  # noqa: F401
+        importlib.import_module("selenium")
     except ImportError:
         return "selenium is not installed (pip install -e '.[test]')"
     if _find("KDBENCH_CHROMIUM", _BROWSERS) is None:
