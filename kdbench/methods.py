@@ -7,9 +7,12 @@ defaulted), and its forward is::
 
 returning named, already-weighted scalar terms whose sum is the training loss. `epoch` is
 1-based and drives warm-up. Optional class attributes: `views` (the augmented views the
-method needs; its logits then arrive as dicts keyed by view), `needs_teacher`, and `paper`
-and `code` (where the method comes from, for listings); an optional method
-`epoch_scalars()` returns values to log once per epoch (docs/design.md, "Method contract").
+method needs; its logits then arrive as dicts keyed by view), `needs_teacher`,
+`epoch_hparams` and `reference_epochs` (the hyper-parameters that count epochs, and the
+schedule length they were set for), `batch_statistics` (the loss couples the rows of a
+batch), and `paper`, `code` and `defaults_from` (where the method and its defaults come
+from, for listings); an optional method `epoch_scalars()` returns values to log once per
+epoch (docs/design.md, "Method contract").
 
 Methods are found in the repository's `methods/` folder, in every folder of
 `KDBENCH_METHODS_PATH` (os.pathsep-separated) or `--methods-dir`, and in the
@@ -31,6 +34,7 @@ from torch import nn
 
 from kdbench.errors import KdbenchError
 from kdbench.hparams import Description, HParam, describe_class, resolve, signature_hparams
+from kdbench.recipe import REFERENCE_EPOCHS
 from kdbench.registry import Registry
 
 ENV_PATH = "KDBENCH_METHODS_PATH"
@@ -209,6 +213,31 @@ def epoch_scalars(method: nn.Module) -> dict[str, float]:
     if fn is None:
         return {}
     return {str(k): float(v) for k, v in fn().items()}
+
+
+def epoch_hparams(name: str) -> tuple[str, ...]:
+    """The hyper-parameters of method `name` that count epochs (`epoch_hparams`, e.g. DKD's
+    `("warmup",)`): a schedule of another length scales them by `schedule.epoch_hparams`."""
+    return tuple(getattr(method_class(name), "epoch_hparams", None) or ())
+
+
+def reference_epochs(name: str) -> int:
+    """The schedule length method `name`'s epoch-counting defaults were set for
+    (`reference_epochs`; the reference recipe's 240 unless the method says otherwise)."""
+    return int(getattr(method_class(name), "reference_epochs", None) or REFERENCE_EPOCHS)
+
+
+def batch_statistics(method: nn.Module | type[nn.Module]) -> bool:
+    """True for a method whose loss couples the rows of a batch (`batch_statistics = True`:
+    DIST's intra-class correlation, MLKD's medians): under DDP it is computed on the global
+    batch. Without it, a method's terms must be means over rows (the conformance suite checks)."""
+    return bool(getattr(method, "batch_statistics", False))
+
+
+def defaults_source(name: str) -> str:
+    """Where method `name`'s default hyper-parameters come from, in one short phrase
+    (`defaults_from`; "" where it declares none)."""
+    return str(getattr(method_class(name), "defaults_from", "") or "")
 
 
 def own_schedules(name: str) -> dict[str, dict[str, Any]]:

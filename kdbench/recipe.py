@@ -8,6 +8,7 @@ missing keys from these defaults, the trainer reads `Schedule` and `Options`, an
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,16 @@ from typing import Any
 SMALL_LR_STUDENTS = frozenset({"shufflev1", "shufflev2", "mobilenetv2"})
 AUTO_LR = 0.05
 AUTO_LR_SMALL = 0.01
+
+#: The reference schedule's length and LR milestones (CRD, mdistiller: CIFAR-100, 240 epochs).
+REFERENCE_EPOCHS = 240
+REFERENCE_MILESTONES = (150, 180, 210)
+
+#: How hyper-parameters that count epochs (DKD's warm-up, …) follow a schedule of another
+#: length (`schedule.epoch_hparams`): `scale` keeps the reference recipe's shape, `keep` uses
+#: the values as they are.
+EPOCH_HPARAM_RULES = ("scale", "keep")
+DEFAULT_EPOCH_HPARAM_RULE = "scale"
 
 
 @dataclass(frozen=True)
@@ -24,12 +35,12 @@ class Schedule:
     `lr` is a number, or "auto" before `resolve` applies the LR rule for a student.
     """
 
-    epochs: int = 240
+    epochs: int = REFERENCE_EPOCHS
     batch_size: int = 64
     lr: float | str = "auto"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (150, 180, 210)
+    milestones: tuple[int, ...] = REFERENCE_MILESTONES
     lr_decay: float = 0.1
 
     def lr_at(self, epoch: int) -> float:
@@ -53,6 +64,30 @@ class Schedule:
         if "milestones" in values:
             values["milestones"] = tuple(values["milestones"])
         return cls(**values)
+
+
+def scale_epochs(value: int, epochs: int, reference: int = REFERENCE_EPOCHS) -> int:
+    """An epoch count set for a `reference`-epoch schedule, scaled to one of `epochs`.
+
+    The rule of `schedule.epoch_hparams: scale`: max(1, ⌊value·epochs/reference + ½⌋) (the
+    nearest integer, halves up), and 0 stays 0 (no warm-up stays none). Equal lengths keep
+    the value as it is.
+    """
+    if value <= 0 or epochs == reference:
+        return value
+    return max(1, math.floor(value * epochs / reference + 0.5))
+
+
+def scaled_milestones(epochs: int) -> list[int]:
+    """The reference milestones scaled to an `epochs`-long schedule (a schedule that sets
+    `epochs` but not `milestones`).
+
+    Each milestone is scaled by `scale_epochs`; milestones that coincide once rounded merge
+    into one, and those at or past the last epoch (which would never lower the LR) are left
+    out. At 240 epochs these are the reference milestones.
+    """
+    scaled = sorted({scale_epochs(m, epochs) for m in REFERENCE_MILESTONES})
+    return [m for m in scaled if m < epochs]
 
 
 def schedule_defaults() -> dict[str, Any]:

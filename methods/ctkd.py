@@ -20,6 +20,8 @@ class CTKD(nn.Module):
 
     paper = "Li et al., AAAI 2023, arXiv:2211.16231"
     code = "https://github.com/zhengli97/CTKD/blob/7d5252241259ae70d38a832371fed9697d15fc14/models/temp_global.py"
+    defaults_from = "official CIFAR-100 script"
+    epoch_hparams = ("lambda_epochs",)
 
     def __init__(self, ce_weight: float = 0.1, kd_weight: float = 0.9, t_start: float = 1.0, t_end: float = 20.0,
                  lambda_start: float = 0.0, lambda_end: float = -1.0, lambda_epochs: int = 10, standardize: bool = False):

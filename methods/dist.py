@@ -20,6 +20,8 @@ class DIST(nn.Module):
 
     paper = "Huang et al., NeurIPS 2022, arXiv:2205.10536"
     code = "https://github.com/hunto/image_classification_sota/blob/d9662f7df68fe46b973c4580b7c9b896cedcd301/lib/models/losses/dist_kd.py"
+    defaults_from = "official CIFAR-100 config"
+    batch_statistics = True  # the intra-class correlation runs over the batch
 
     def __init__(self, beta: float = 2.0, gamma: float = 2.0, temperature: float = 4.0, ce_weight: float = 1.0):
         super().__init__()

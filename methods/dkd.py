@@ -11,6 +11,8 @@ class DKD(nn.Module):
 
     paper = "Zhao et al., CVPR 2022, arXiv:2203.08679"
     code = "https://github.com/megvii-research/mdistiller/blob/a08d46f10d6102bd6e3f258ca5ac880b020ea259/mdistiller/distillers/DKD.py"
+    defaults_from = "official CIFAR-100 config (resnet32x4→resnet8x4); β per pair in the grid"
+    epoch_hparams = ("warmup",)
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_weight: float = 1.0,
                  warmup: int = 20, standardize: bool = False):

@@ -11,6 +11,7 @@ class KD(nn.Module):
 
     paper = "Hinton, Vinyals & Dean, 2015, arXiv:1503.02531"
     code = "https://github.com/megvii-research/mdistiller/blob/a08d46f10d6102bd6e3f258ca5ac880b020ea259/mdistiller/distillers/KD.py"
+    defaults_from = "official CIFAR-100 config"
 
     def __init__(self, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9, standardize: bool = False):
         super().__init__()

@@ -11,6 +11,8 @@ class LabelRevision(nn.Module):
 
     paper = "Lan et al., IEEE TCDS 2025, arXiv:2404.03693"
     code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/REVISION.py"
+    defaults_from = "official CIFAR-100 config (RLD repository)"
+    batch_statistics = True  # its means run over the rows the teacher gets right (or wrong)
 
     def __init__(self, lambda1: float = 4.0, lambda2: float = 1.0, eta: float = 0.8):
         super().__init__()

@@ -19,6 +19,7 @@ class LabelSwap(nn.Module):
 
     paper = "the \"LA\" baseline of RLD (arXiv:2408.07703); its source paper is unconfirmed"
     code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/SWAP.py"
+    defaults_from = "official CIFAR-100 config (RLD repository)"
 
     def __init__(self, temperature: float = 4.0, ce_weight: float = 0.0, kd_weight: float = 1.0, standardize: bool = False):
         super().__init__()

@@ -31,6 +31,8 @@ class MLKD(nn.Module):
     }
     paper = "Jin, Wang & Lin, CVPR 2023"
     code = "https://github.com/Jin-Ying/Multi-Level-Logit-Distillation/blob/5ee473fcf193dfb00a0598b64d0acfe6ad58a482/mdistiller/distillers/KD_ours.py"
+    defaults_from = "official CIFAR-100 config"
+    batch_statistics = True  # medians over the batch, batch and class correlations
 
     def __init__(self, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9, standardize: bool = False):
         super().__init__()

@@ -12,6 +12,7 @@ class NormKD(nn.Module):
 
     paper = "Chi et al., 2023, arXiv:2308.00520"
     code = "https://github.com/gizi1/NormKD/blob/279371b69beeadbfe29104875b728a687a7cea49/mdistiller/distillers/NormKD.py"
+    defaults_from = "official CIFAR-100 config"
 
     def __init__(self, t_norm: float = 2.0, ce_weight: float = 0.1, kd_weight: float = 0.9):
         super().__init__()

@@ -11,6 +11,8 @@ class RLD(nn.Module):
 
     paper = "Sun et al., ICCV 2025, arXiv:2408.07703"
     code = "https://github.com/zju-SWJ/RLD/blob/d54578fd77cd669d6209be4d05ae773bca4109b5/mdistiller/distillers/RLD.py"
+    defaults_from = "official CIFAR-100 config; the grid adds the README's --same-t"
+    epoch_hparams = ("warmup",)
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, alpha_temperature: float = 1.0,
                  ce_weight: float = 1.0, warmup: int = 20, standardize: bool = False):

@@ -20,6 +20,7 @@ class TTM(nn.Module):
 
     paper = "Zheng & Yang, ICLR 2024, arXiv:2402.11148"
     code = "https://github.com/zkxufo/TTM/blob/fe457b33a71ba27536ec04fe3d32c5b04963522f/distiller_zoo/ttm.py"
+    defaults_from = "a README example for one pair (vgg13→vgg8); per-pair values not published in code"
 
     def __init__(self, gamma: float = 0.1, ttm_weight: float = 45.0, ce_weight: float = 1.0):
         super().__init__()

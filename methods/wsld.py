@@ -21,6 +21,7 @@ class WSLD(nn.Module):
 
     paper = "Zhou et al., ICLR 2021, arXiv:2102.00650"
     code = "https://github.com/bellymonster/Weighted-Soft-Label-Distillation/blob/67820dd7c3c733d5331b78b1e66ef8a990391d5e/knowledge_distiller.py"
+    defaults_from = "the authors' CIFAR-100 values (issue #2)"
 
     def __init__(self, alpha: float = 2.25, temperature: float = 4.0, ce_weight: float = 1.0):
         super().__init__()
