@@ -58,7 +58,9 @@ expands it into runs (pair × variant × seed) and cohorts. Every key::
                                    #   the method's official schedule for each pair (its
                                    #   `own_schedules`; MLKD has them); reports mark such rows
     options:
-      precision: fp32              # fp32 | bf16 (autocast) | fp16 (autocast, gradient scaler)
+      precision: auto              # auto: bf16 where the device has it natively (CUDA compute
+                                   #   capability >= 8.0, CPUs with AVX512-BF16 or AMX), else fp32;
+                                   #   fp32 | bf16 (autocast) | fp16 (autocast, gradient scaler)
       channels_last: false
       compile: false               # torch.compile the models
       val_size: 0                  # shorthand for the dataset's val_size; setting both to
@@ -119,7 +121,7 @@ _SCHEDULE_TYPES: dict[str, tuple[Any, float | None, bool]] = {
     "lr_decay": (float, 0, False),
 }
 _OPTION_TYPES: dict[str, tuple[Any, float | None, bool]] = {
-    "precision": (Literal["fp32", "bf16", "fp16"], None, True),
+    "precision": (Literal["auto", "fp32", "bf16", "fp16"], None, True),
     "channels_last": (bool, None, True),
     "compile": (bool, None, True),
     "val_size": (int, 0, True),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import provenance
-from kdbench.precision import DTYPES, gpu_has_native_bf16
+from kdbench.precision import DTYPES, cpu_instructions, gpu_has_native_bf16
 from kdbench.trainee import build_student
 
 MIN_PYTHON = (3, 10)
@@ -162,28 +162,6 @@ def _autocast_runs(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _cpu_flag(name: str) -> bool | None:
-    """A private torch.cpu capability probe (`_is_avx512_bf16_supported`...), None if this torch lacks it."""
-    probe = getattr(torch.cpu, name, None)
-    try:
-        return bool(probe()) if probe is not None else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _cpu_native(kind: str) -> tuple[bool, str]:
-    """(whether oneDNN has native `kind` kernels on this CPU, the instructions that give them)."""
-    names = {"bf16": [("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16")],
-             "fp16": [("_is_amx_fp16_supported", "AMX-FP16")]}[kind]
-    found = [label for probe, label in names if _cpu_flag(probe)]
-    try:
-        mkldnn = torch.ops.mkldnn
-        native = bool((mkldnn._is_mkldnn_bf16_supported if kind == "bf16" else mkldnn._is_mkldnn_fp16_supported)())
-    except Exception:  # noqa: BLE001 -- an older torch: fall back to the instruction probes
-        native = bool(found)
-    return native, ", ".join(found)
-
-
 def _precision_check(device: torch.device, precision: str, native: bool, how: str, trains: str,
                      fixes: tuple[str, str]) -> Check:
     """`precision` passes where autocast runs and the device has native kernels; `fixes`: for (broken, emulated)."""
@@ -204,8 +182,9 @@ def precision_checks(device: torch.device) -> Iterator[Check]:
         native = gpu_has_native_bf16()
         how = "native bf16" if native else "no native bf16"
     else:
-        native, isa = _cpu_native("bf16")
-        how = f"native bf16 kernels ({isa or 'oneDNN'})" if native else "no bf16 instructions (AVX512-BF16, AMX)"
+        isa = cpu_instructions("bf16")
+        native = bool(isa)
+        how = f"native bf16 ({', '.join(isa)})" if native else "no bf16 instructions (AVX512-BF16, AMX)"
     yield _precision_check(device, "bf16", native, f"{how} on {where}", "with autocast", (
         "use options.precision: fp32",
         "use options.precision: fp16 (a gradient scaler) on this GPU" if cuda
@@ -214,8 +193,9 @@ def precision_checks(device: torch.device) -> Iterator[Check]:
         native = capability >= (7, 0)
         how = "fp16 tensor cores" if native else "no fp16 tensor cores (before Volta)"
     else:
-        native, isa = _cpu_native("fp16")
-        how = f"native fp16 kernels ({isa or 'oneDNN'})" if native else "no fp16 instructions (AMX-FP16)"
+        isa = cpu_instructions("fp16")
+        native = bool(isa)
+        how = f"native fp16 ({', '.join(isa)})" if native else "no fp16 instructions (AVX512-FP16, AMX-FP16)"
     yield _precision_check(device, "fp16", native, f"{how} on {where}", "with autocast and a gradient scaler", (
         "use options.precision: bf16 or fp32",
         "use options.precision: fp32 here" if cuda else "use options.precision: bf16 or fp32 here"))

@@ -114,7 +114,7 @@ class Options:
     change only how fast, or where, things are run and written.
     """
 
-    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast and a gradient scaler)
+    precision: str = "auto"  # auto (bf16 where native, else fp32), fp32, bf16 (autocast) or fp16 (+ a gradient scaler)
     channels_last: bool = False
     compile: bool = False
     val_size: int = 0
