@@ -26,9 +26,9 @@ class CohortWriter:
     """Writes every member's record of one `train_cohort` call."""
 
     def __init__(self, cohort: CohortSpec, dataset_name: str, device: torch.device, environment: dict[str, Any],
-                 epochs: int, recorder: NondeterminismRecorder | None):
+                 epochs: int, recorder: NondeterminismRecorder | None, precision: str):
         self.cohort, self.dataset_name, self.device, self.environment = cohort, dataset_name, device, environment
-        self.epochs, self.recorder = epochs, recorder
+        self.epochs, self.recorder, self.precision = epochs, recorder, precision
         self.teacher_top1: float | None = None
         self.sinks: dict[str, Sinks] = {}
 
@@ -124,9 +124,11 @@ class CohortWriter:
             teacher_sha256=self.cohort.teacher_sha256, teacher_top1=self.teacher_top1,
             student=member.student, method=member.method, variant=record.pop("variant", member.method),
             hparams=member.hparams, seed=self.cohort.seed, schedule=member.schedule.to_dict(),
-            protocol=member.config.get("protocol"),
-            options={"precision": options.precision, "channels_last": options.channels_last,
-                     "compile": options.compile, "processes": distributed.world_size()},
+            protocol=member.config.get("protocol"), epoch_hparams=record.pop("epoch_hparams", None),
+            # `precision` is what the run trained in; `precision_option` what its config asked for (`auto`).
+            options={"precision": self.precision, "precision_option": options.precision,
+                     "channels_last": options.channels_last, "compile": options.compile,
+                     "processes": distributed.world_size()},
             failure=trainee.failure if status == Status.FAILED else None, epochs=self.epochs,
             **records.history_fields(trainee.history),
             wall_seconds=trainee.wall_seconds, cohort_size=len(self.cohort.members), device=str(self.device),

@@ -79,6 +79,21 @@ def heal_grid(layout: Layout, runs: list[plan.Run], grid_name: str) -> None:
                                     "or delete its folder to train it again)", markup=False, soft_wrap=True)
 
 
+def recipe_lines(grid: config.Grid, runs: list[plan.Run], device_names: list[str]) -> list[str]:
+    """What `run` and `run --dry-run` say before training: the precision each device resolves
+    to or would emulate, the epoch-counting hyper-parameters the grid's rule changed, and
+    values or milestones that exceed their schedule."""
+    lines = []
+    requested = grid.options["precision"]
+    for name in dict.fromkeys(device_names):
+        warning = precision.emulation_warning(name, requested)
+        if warning:
+            lines.append(warning)
+        elif requested == precision.AUTO:
+            lines.append(f"options.precision: auto → {precision.resolve(name, requested)} on {name}")
+    return lines + plan.protocol_lines(grid, runs)
+
+
 def cli_run(args: argparse.Namespace) -> int:
     """The `kdbench run` subcommand."""
     from kdbench import data
@@ -90,6 +105,9 @@ def cli_run(args: argparse.Namespace) -> int:
     device_names = devices.parse_many(args.device)
     for name in device_names:
         precision.check(name, grid.options["precision"])  # bf16 on a GPU without it: one line, exit 2
+    if distributed.is_main() and not getattr(args, "worker", False):
+        for line in recipe_lines(grid, runs, device_names):
+            console().print(line, markup=False, soft_wrap=True)
     if grid.options["deterministic"]:
         # cuBLAS reads this once, when CUDA starts: set it before any worker (or this process) does.
         os.environ.update({k: v for k, v in DETERMINISTIC_ENV.items() if k not in os.environ})

@@ -19,9 +19,19 @@ expands it into runs (pair × variant × seed) and cohorts. Every key::
       momentum: 0.9                #   SGD momentum
       weight_decay: 5.0e-4
       milestones: [150, 180, 210]  #   strictly ascending; the LR of 1-based epoch e is
-                                   #   lr * lr_decay ** (number of milestones < e); milestones
-                                   #   at or past the last epoch have no effect
+                                   #   lr * lr_decay ** (number of milestones < e). Not set: the
+                                   #   reference milestones scaled to `epochs` (kdbench.recipe.
+                                   #   scaled_milestones; [150, 180, 210] at 240 epochs, [4, 5, 6]
+                                   #   at 7), also for a pair or teacher that sets its own epochs;
+                                   #   milestones at or past the last epoch never lower the LR
+                                   #   (a warning)
       lr_decay: 0.1
+      epoch_hparams: scale         #   how method hyper-parameters that count epochs (DKD's and
+                                   #   RLD's warmup, CTKD's lambda_epochs) follow a schedule of
+                                   #   another length than the one they were set for (240):
+                                   #   scale: v -> max(1, round(v * epochs / 240)), 0 stays 0;
+                                   #   keep: as they are. Values set in `methods:` are used as
+                                   #   given. Only here, not in a pair's or teacher's schedule
     teachers:                      # optional defaults for every pair's teacher
       checkpoint: mdistiller       #   mdistiller: the reference release under the data root;
                                    #   train: train it in the grid (cached by its config hash);
@@ -59,8 +69,11 @@ expands it into runs (pair × variant × seed) and cohorts. Every key::
                                    #   `own_schedules`; MLKD has them); reports mark such rows
     options:
       precision: auto              # auto: bf16 where the device has it natively (CUDA compute
-                                   #   capability >= 8.0, CPUs with AVX512-BF16 or AMX), else fp32;
-                                   #   fp32 | bf16 (autocast) | fp16 (autocast, gradient scaler)
+                                   #   capability >= 8.0, CPUs with AVX512-BF16 or AMX), else fp32
+                                   #   (what new grids should write); fp32 (the default, so that
+                                   #   older grids keep their run ids) | bf16 (autocast) | fp16
+                                   #   (autocast, gradient scaler). bf16 or fp16 on a device that
+                                   #   would emulate them is a warning
       channels_last: false
       compile: false               # torch.compile the models
       val_size: 0                  # shorthand for the dataset's val_size; setting both to
@@ -94,7 +107,9 @@ import yaml
 
 from kdbench.errors import KdbenchError
 from kdbench.hparams import coerce, type_name
-from kdbench.recipe import option_defaults, resolve_schedule, schedule_defaults
+from kdbench import epoch_hparams
+from kdbench.recipe import (DEFAULT_EPOCH_HPARAM_RULE, EPOCH_HPARAM_RULES, merge_schedule, option_defaults,
+                            resolve_schedule, scaled_milestones, schedule_defaults)
 from kdbench.registry import did_you_mean
 from kdbench.tracking import SINK_NAMES
 
@@ -168,6 +183,7 @@ class Variant:
     base: str
     sweep: dict[str, Any] = field(default_factory=dict)
     protocol: str = "grid"  # "own": the method's official per-pair schedule (`own_schedules`)
+    given: tuple[str, ...] = ()  # the hyper-parameters `methods.<base>` sets (the rest are defaults)
 
 
 @dataclass(frozen=True)
@@ -199,7 +215,10 @@ class Grid:
 
     `dataset` is the resolved spec (with `options.val_size` merged in); `schedule` is the
     grid-level schedule (`lr` may still be "auto"; `kdbench.recipe.lr_for` resolves it per
-    student); `variants` are in file order with sweeps expanded. `overrides` are the
+    student); `variants` are in file order with sweeps expanded. `epoch_hparams` is the rule
+    for hyper-parameters that count epochs (`kdbench.epoch_hparams`); `derived_milestones`
+    says that no schedule of the grid sets milestones, so that they follow each schedule's
+    epochs (`kdbench.recipe.merge_schedule`). `overrides` are the
     `--set` strings it was loaded with; `text` is the effective grid as YAML, what
     `results/<name>/grid.yaml` keeps (None for a grid parsed from a mapping).
     """
@@ -216,6 +235,8 @@ class Grid:
     options: dict[str, Any]
     overrides: tuple[str, ...] = ()
     text: str | None = field(default=None, repr=False, compare=False)
+    epoch_hparams: str = DEFAULT_EPOCH_HPARAM_RULE
+    derived_milestones: bool = False
 
     def variant(self, label: str) -> Variant:
         """The variant labelled `label`."""
@@ -407,15 +428,31 @@ class _Parser:
         options["val_size"] = dataset.get("val_size", options["val_size"])
         data_root = self.data(top.get("data"))
         seeds = self.seeds(top.get("seeds", [0]))
-        schedule = self.schedule_overrides(top.get("schedule"), "schedule")
-        schedule = self.check_schedule({**SCHEDULE_DEFAULTS, **schedule}, "schedule")
+        raw_schedule = dict(self.mapping(top.get("schedule"), "schedule"))
+        self.rule = self.epoch_rule(raw_schedule.pop("epoch_hparams", DEFAULT_EPOCH_HPARAM_RULE))
+        given = self.schedule_overrides(raw_schedule, "schedule")
+        self.derived_milestones = "milestones" not in given
+        schedule = self.check_schedule(merge_schedule(SCHEDULE_DEFAULTS, given, derived_milestones=self.derived_milestones),
+                                       "schedule")
         teachers = self.teacher_defaults(top.get("teachers"), schedule)
-        variants = self.variants(top["methods"])
+        variants = self.variants(top["methods"], schedule["epochs"])
         pairs = self.pairs(top["pairs"], teachers, schedule, variants)
         return Grid(
             name=name, source=self.source, dataset=dataset, data_root=data_root, seeds=seeds,
             schedule=schedule, teachers=teachers, pairs=pairs, variants=variants, options=options,
+            epoch_hparams=self.rule, derived_milestones=self.derived_milestones,
         )
+
+    def epoch_rule(self, value: Any) -> str:
+        if value not in EPOCH_HPARAM_RULES:
+            hint = did_you_mean(value, list(EPOCH_HPARAM_RULES)) if isinstance(value, str) else ""
+            raise self.fail("schedule.epoch_hparams", f"expected {' or '.join(EPOCH_HPARAM_RULES)}, "
+                                                      f"got {describe_value(value)}{hint}")
+        return value
+
+    def merged(self, base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+        """A schedule with overrides applied; derived milestones follow its epochs."""
+        return merge_schedule(base, *overrides, derived_milestones=self.derived_milestones)
 
     def options(self, raw: Any) -> dict[str, Any]:
         given = self.mapping(raw, "options", tuple(OPTION_DEFAULTS))
@@ -502,6 +539,9 @@ class _Parser:
 
     def schedule_overrides(self, raw: Any, path: str) -> dict[str, Any]:
         """The schedule keys given at `path`, each checked; cross-key checks come after merging."""
+        if isinstance(raw, dict) and "epoch_hparams" in raw:
+            raise self.fail(f"{path}.epoch_hparams", "the rule for epoch-counting hyper-parameters is set once, "
+                                                     "in the grid's schedule (schedule.epoch_hparams)")
         given = self.mapping(raw, path, tuple(SCHEDULE_DEFAULTS))
         out: dict[str, Any] = {}
         for key, value in given.items():
@@ -525,7 +565,7 @@ class _Parser:
         checkpoint = self.checkpoint(section.get("checkpoint", TEACHER_DEFAULTS["checkpoint"]), "teachers.checkpoint")
         seed = self.typed(section.get("seed", TEACHER_DEFAULTS["seed"]), int, "teachers.seed", 0)
         overrides = self.schedule_overrides(section.get("schedule"), "teachers.schedule")
-        self.check_schedule({**schedule, **overrides}, "teachers.schedule")
+        self.check_schedule(self.merged(schedule, overrides), "teachers.schedule")
         return TeacherDefaults(checkpoint=checkpoint, seed=seed, schedule=overrides)
 
     def checkpoint(self, value: Any, path: str) -> str:
@@ -551,7 +591,7 @@ class _Parser:
 
     # -- methods ----------------------------------------------------------------------------
 
-    def variants(self, raw: Any) -> list[Variant]:
+    def variants(self, raw: Any, epochs: int) -> list[Variant]:
         section = self.mapping(raw, "methods", what="a mapping of variant label to hyper-parameters")
         if not section:
             raise self.fail("methods", "expected at least one method variant, got none")
@@ -574,10 +614,15 @@ class _Parser:
                     sub_label += "(" + ",".join(f"{k}={_label_value(params[k].raw[i])}" for k, i in zip(swept, picks)) + ")"
                 hparams = self.resolve_hparams(method, {**params, **sweep}, path)
                 variants.append(Variant(label=sub_label, method=method, hparams=hparams, base=label, sweep=sweep,
-                                        protocol=protocol))
+                                        protocol=protocol, given=tuple(params)))
         # Labels are unique by construction: base labels are mapping keys without parentheses.
-        self.check_distinct([(v.label, v.method, v.hparams, v.protocol) for v in variants], "methods")
+        self.check_distinct([(v.label, v.method, self.trained(v.method, v.hparams, v.given, epochs), v.protocol)
+                             for v in variants], "methods")
         return variants
+
+    def trained(self, method: str, hparams: dict[str, Any], given: Any, epochs: int) -> dict[str, Any]:
+        """The hyper-parameters a run of `epochs` epochs trains with, under the grid's epoch rule."""
+        return epoch_hparams.apply(method, hparams, given, epochs, self.rule)[0]
 
     def protocol(self, method: str, value: Any, path: str) -> str:
         """`grid` (the grid's schedule, the default) or `own` (the method's official schedules)."""
@@ -605,6 +650,7 @@ class _Parser:
         from kdbench import methods
 
         params = {p.name: p for p in methods.hparams_of(method)}
+        counts_epochs = methods.epoch_hparams(method)
         out: dict[str, Any] = {}
         for key, value in body.items():
             key_path = f"{path}.{key}"
@@ -612,18 +658,19 @@ class _Parser:
                 hint = did_you_mean(key, list(params)) or f"; it takes: {', '.join(params) or 'nothing'}"
                 raise self.fail(key_path, f"unknown hyper-parameter of method '{method}'{hint}")
             tp = params[key].type
+            low = 0 if key in counts_epochs else None  # epochs: an int >= 0
             list_typed = typing.get_origin(tp) in (list, tuple) or tp in (list, tuple)
             is_sweep = isinstance(value, list) and (not list_typed or (value and all(isinstance(x, list) for x in value)))
             if is_sweep and allow_sweeps:
                 if not value:
                     raise self.fail(key_path, "an empty list sweeps nothing; give at least one value")
-                items = [self.typed(x, tp, f"{key_path}[{i}]") for i, x in enumerate(value)]
+                items = [self.typed(x, tp, f"{key_path}[{i}]", low) for i, x in enumerate(value)]
                 for i, item in enumerate(items):
                     if item in items[:i]:
                         raise self.fail(f"{key_path}[{i}]", f"value {value[i]!r} is listed twice")
                 out[key] = _Sweep(items, value)
             else:
-                out[key] = self.typed(value, tp, key_path)
+                out[key] = self.typed(value, tp, key_path, low)
         return out
 
     def resolve_hparams(self, method: str, values: dict[str, Any], path: str) -> dict[str, Any]:
@@ -660,7 +707,7 @@ class _Parser:
         for p in pairs:
             teacher = None if p.teacher is None else [p.teacher.arch, p.teacher.checkpoint, p.teacher.seed,
                                                        p.teacher.schedule if p.teacher.checkpoint == "train" else None]
-            effective = resolve_schedule(p.student, {**schedule, **p.schedule})
+            effective = resolve_schedule(p.student, self.merged(schedule, p.schedule))
             key = json.dumps([teacher, p.student, effective], sort_keys=True)
             if key in seen:
                 raise self.fail(
@@ -679,7 +726,7 @@ class _Parser:
         teacher = self.teacher(item["teacher"], f"{path}.teacher", defaults, schedule)
         student = self.model(item["student"], f"{path}.student")
         overrides = self.schedule_overrides(item.get("schedule"), f"{path}.schedule")
-        self.check_schedule({**schedule, **overrides}, f"{path}.schedule")
+        epochs = self.check_schedule(self.merged(schedule, overrides), f"{path}.schedule")["epochs"]
 
         labels = self.pair_variants(item, path, variants, teacher is None)
         chosen = [v for v in variants if v.label in labels]
@@ -716,7 +763,9 @@ class _Parser:
             extra = method_overrides.get(v.base)
             hparams[v.label] = (self.resolve_hparams(v.method, {**v.hparams, **extra}, f"{path}.methods.{v.base}")
                                 if extra else v.hparams)
-        self.check_distinct([(v.label, v.method, hparams[v.label], v.protocol) for v in chosen], f"{path}.methods")
+        self.check_distinct([(v.label, v.method, self.trained(v.method, hparams[v.label],
+                                                               {*v.given, *method_overrides.get(v.base, {})}, epochs),
+                              v.protocol) for v in chosen], f"{path}.methods")
         pair_name = f"{teacher.arch if teacher else ''}->{student}"
         for v in chosen:
             if v.protocol == "own":
@@ -765,7 +814,7 @@ class _Parser:
                       if "checkpoint" in item else defaults.checkpoint)
         seed = self.typed(item["seed"], int, f"{path}.seed", 0) if "seed" in item else defaults.seed
         overrides = self.schedule_overrides(item.get("schedule"), f"{path}.schedule")
-        merged = self.check_schedule({**schedule, **defaults.schedule, **overrides}, f"{path}.schedule")
+        merged = self.check_schedule(self.merged(schedule, defaults.schedule, overrides), f"{path}.schedule")
         return Teacher(arch=arch, checkpoint=checkpoint, seed=seed, schedule=merged)
 
 

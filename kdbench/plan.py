@@ -18,10 +18,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from kdbench import methods
+from kdbench import epoch_hparams, methods
 from kdbench.config import Grid, Pair
 from kdbench.errors import KdbenchError
-from kdbench.recipe import resolve_schedule, run_options
+from kdbench.recipe import merge_schedule, resolve_schedule, run_options
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the text that ids hash."""
@@ -65,17 +65,34 @@ def teacher_config(grid: Grid, pair: Pair) -> dict[str, Any] | None:
     return out
 
 
+def run_schedule(grid: Grid, pair: Pair, label: str) -> dict[str, Any]:
+    """The resolved schedule a run of `pair` and variant `label` trains under (its method's own
+    for `protocol: own`)."""
+    variant = grid.variant(label)
+    own = methods.own_schedules(variant.method)[pair.name] if variant.protocol == "own" else {}
+    merged = merge_schedule(grid.schedule, pair.schedule, own, derived_milestones=grid.derived_milestones)
+    return resolve_schedule(pair.student, merged)
+
+
+def trained_hparams(grid: Grid, pair: Pair, label: str,
+                    epochs: int) -> tuple[dict[str, Any], list[epoch_hparams.Scaled]]:
+    """The hyper-parameters a run of `pair` and `label` trains with over `epochs` epochs (the
+    grid's epoch rule applied to those it does not set), and what the rule changed."""
+    variant = grid.variant(label)
+    given = {*variant.given, *pair.methods.get(variant.base, {})}
+    return epoch_hparams.apply(variant.method, pair.hparams[label], given, epochs, grid.epoch_hparams)
+
+
 def run_config(grid: Grid, pair: Pair, label: str, seed: int) -> dict[str, Any]:
     """The fully resolved config of one run: what `run_id` hashes and `config.yaml` holds."""
     variant = grid.variant(label)
-    own = methods.own_schedules(variant.method)[pair.name] if variant.protocol == "own" else {}
-    schedule = resolve_schedule(pair.student, {**grid.schedule, **pair.schedule, **own})
+    schedule = run_schedule(grid, pair, label)
     config = {
         "dataset": grid.dataset,
         "teacher": teacher_config(grid, pair),
         "student": pair.student,
         "method": variant.method,
-        "hparams": pair.hparams[label],
+        "hparams": trained_hparams(grid, pair, label, schedule["epochs"])[0],
         "seed": seed,
         "schedule": schedule,
         "options": run_options(grid.options),
@@ -115,6 +132,7 @@ class Run:
     teacher_arch: str | None
     seed: int
     cohort_key: str
+    epoch_hparams: dict[str, Any] | None = None
 
     def __hash__(self) -> int:
         return hash(self.run_id)
@@ -125,7 +143,7 @@ class Run:
         return {"grid": grid_name, "pair": self.pair, "teacher": self.teacher_arch, "student": self.student,
                 "method": self.method, "variant": self.variant, "hparams": cfg["hparams"], "seed": self.seed,
                 "schedule": cfg["schedule"], "options": cfg["options"], "epochs": cfg["schedule"]["epochs"],
-                "dataset": cfg["dataset"]["name"], "dataset_spec": cfg["dataset"]}
+                "dataset": cfg["dataset"]["name"], "dataset_spec": cfg["dataset"], "epoch_hparams": self.epoch_hparams}
 
 
 def plan(grid: Grid) -> list[Run]:
@@ -136,11 +154,13 @@ def plan(grid: Grid) -> list[Run]:
         for label in pair.variants:
             for seed in grid.seeds:
                 config = run_config(grid, pair, label, seed)
+                scaled = trained_hparams(grid, pair, label, config["schedule"]["epochs"])[1]
                 run = Run(
                     run_id=config_hash(config), config=config, pair=pair.name, variant=label,
                     method=config["method"], student=pair.student,
                     teacher_arch=pair.teacher.arch if pair.teacher else None, seed=seed,
                     cohort_key=config_hash(cohort_key_of(config)),
+                    epoch_hparams=epoch_hparams.record(config["method"], grid.epoch_hparams, scaled),
                 )
                 here = f"pairs[{pair.index}] variant '{label}' seed {seed}"
                 if run.run_id in where:  # config validation should make this impossible
@@ -214,6 +234,39 @@ def _cohort(key: str, members: list[Run]) -> Cohort:
         epochs=shared["epochs"], batch_size=shared["batch_size"], options=shared["options"],
         runs=tuple(members),
     )
+
+
+def protocol_lines(grid: Grid, runs: list[Run]) -> list[str]:
+    """What `run` and `run --dry-run` say about the recipe around the losses, one line each:
+    every variant whose epoch-counting hyper-parameters the grid's rule changed, and warnings
+    for values that exceed their schedule and for milestones that never lower the LR."""
+    lines, scaled, over = [], {}, {}
+    for run in runs:
+        epochs = run.config["schedule"]["epochs"]
+        for key, (reference, trained) in ((run.epoch_hparams or {}).get("scaled") or {}).items():
+            scaled.setdefault(run.variant, {}).setdefault((key, reference, trained, epochs), None)
+        for key, value in epoch_hparams.overruns(run.method, run.config["hparams"], epochs):
+            over.setdefault((run.variant, key, value, epochs), None)
+    for variant, changes in scaled.items():
+        method = grid.variant(variant).method
+        text = ", ".join(f"{key} {reference} → {trained} for {epochs} epochs" for key, reference, trained, epochs in changes)
+        lines.append(f"{variant}: {text} (set for {methods.reference_epochs(method)}; schedule.epoch_hparams: "
+                     f"{grid.epoch_hparams})")
+    for variant, key, value, epochs in over:
+        lines.append(f"warning: {variant}: {key} {value} exceeds the {epochs}-epoch schedule, so it never completes "
+                     f"(set by the grid{'' if grid.epoch_hparams == 'scale' else ' or kept by schedule.epoch_hparams: keep'})")
+    schedules = [("schedule", grid.schedule)] + [(f"pairs[{p.index}].teacher.schedule", p.teacher.schedule)
+                                                 for p in grid.pairs if p.teacher and p.teacher.checkpoint == "train"]
+    schedules += [(f"{r.pair} {r.variant}", r.config["schedule"]) for r in runs]
+    warned = set()
+    for where, schedule in schedules:
+        late = [m for m in schedule["milestones"] if m >= schedule["epochs"]]
+        key = (tuple(late), schedule["epochs"])
+        if late and key not in warned:
+            warned.add(key)
+            lines.append(f"warning: {where}: milestones {', '.join(map(str, late))} lie at or past the last epoch "
+                         f"({schedule['epochs']}): the LR never decays there")
+    return lines
 
 
 def describe_plan(runs: list[Run], cohorts: list[Cohort]) -> list[dict[str, Any]]:

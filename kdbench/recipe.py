@@ -90,6 +90,18 @@ def scaled_milestones(epochs: int) -> list[int]:
     return [m for m in scaled if m < epochs]
 
 
+def merge_schedule(base: dict[str, Any], *overrides: dict[str, Any], derived_milestones: bool) -> dict[str, Any]:
+    """`base` with each of `overrides` applied in turn. With `derived_milestones` (no schedule
+    of the grid sets `milestones`), milestones that no override sets follow the merged
+    `epochs` (`scaled_milestones`)."""
+    out = dict(base)
+    for layer in overrides:
+        out.update(layer)
+    if derived_milestones and not any("milestones" in layer for layer in overrides):
+        out["milestones"] = scaled_milestones(out["epochs"])
+    return out
+
+
 def schedule_defaults() -> dict[str, Any]:
     """The default schedule as a grid file would spell it out."""
     return Schedule().to_dict()
@@ -114,7 +126,9 @@ class Options:
     change only how fast, or where, things are run and written.
     """
 
-    precision: str = "auto"  # auto (bf16 where native, else fp32), fp32, bf16 (autocast) or fp16 (+ a gradient scaler)
+    # auto (bf16 where the device has it natively, else fp32), fp32, bf16 (autocast) or fp16 (+ a gradient
+    # scaler). Omitted it stays fp32, as in the first releases, so that their grids keep their run ids.
+    precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
     val_size: int = 0

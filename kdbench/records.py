@@ -152,6 +152,7 @@ class Summary:
     seed: int | None = None
     schedule: dict[str, Any] | None = None
     protocol: str | None = None
+    epoch_hparams: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     failure: Failure | None = None
     epochs: int | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,7 +31,7 @@ from kdbench.data.loaders import require_strong_view
 from kdbench.errors import KdbenchError
 from kdbench.evaluation import evaluate, teacher_correctness
 from kdbench.faults import CohortFault, StorageFault, is_cohort_fault, reraise_for_debugging
-from kdbench.precision import autocast, check as check_precision
+from kdbench.precision import autocast, check as check_precision, resolve as resolve_precision
 from kdbench.progress import Reporter, SilentReporter
 from kdbench.provenance import NondeterminismRecorder, environment, set_deterministic
 from kdbench.recipe import Options
@@ -65,19 +66,21 @@ class _CohortTrainer:
     def __init__(self, cohort: CohortSpec, device: torch.device, data: Any, reporter: Reporter,
                  should_stop: Callable[[], bool]):
         self.cohort, self.device, self.reporter, self.should_stop = cohort, device, reporter, should_stop
-        self.options = cohort.options
+        check_precision(device, cohort.options.precision)
+        # `auto` resolved once, for this device: everything below trains in a concrete precision.
+        self.options = replace(cohort.options, precision=resolve_precision(device, cohort.options.precision))
         schedules = {(m.schedule.epochs, m.schedule.batch_size) for m in cohort.members}
         if len(schedules) != 1:
             raise ValueError(f"cohort members disagree on epochs/batch size: {sorted(schedules)}")
         (self.epochs, self.batch_size), = schedules
-        check_precision(device, self.options.precision)
         set_deterministic(device, self.options.deterministic)
         self.recorder = NondeterminismRecorder() if self.options.deterministic else None
         self.data = data if data is not None else build_data(
             cohort.dataset, root=cohort.data_root, device=device, seed=cohort.seed, batch_size=self.batch_size,
             options=self.options)
         self.env = environment(device)
-        self.writer = CohortWriter(cohort, self.data.name, device, self.env, self.epochs, self.recorder)
+        self.writer = CohortWriter(cohort, self.data.name, device, self.env, self.epochs, self.recorder,
+                                   self.options.precision)
         self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
         self.teacher: nn.Module | None = None
         self.teacher_forward: Compiled | None = None
@@ -173,7 +176,7 @@ class _CohortTrainer:
         for trainee in active:
             # Who trained which epochs: a resumed run shows one session per (re)start.
             trainee.sessions.append({"host": self.env["hostname"], "pid": os.getpid(), "started_at": now_iso(),
-                                     "start_epoch": trainee.epochs_done})
+                                     "start_epoch": trainee.epochs_done, "precision": self.options.precision})
             self.writer.write(trainee, Status.RUNNING)
             self.writer.open_sinks(trainee)
         try:

@@ -277,7 +277,8 @@ class Worker:
         return Member(
             run_id=run.run_id, student=run.student, method=run.method, hparams=run.config["hparams"],
             schedule=Schedule.from_dict(run.config["schedule"]), out_dir=self.layout.run_dir(run.run_id),
-            config=run.config, record={"grid": self.grid.name, "cohort": cohort.cohort_id, "variant": run.variant},
+            config=run.config, record={"grid": self.grid.name, "cohort": cohort.cohort_id, "variant": run.variant,
+                                       "epoch_hparams": run.epoch_hparams},
         )
 
     def _teacher_sha256(self, ref: TeacherRef | None, runs: list[plan.Run], outcome: WorkerOutcome) -> tuple[bool, str | None]:

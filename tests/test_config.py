@@ -62,7 +62,7 @@ def test_valid_grid_is_resolved():
     assert grid.dataset["name"] == "synthetic" and grid.dataset["num_classes"] == 10
     assert grid.dataset["val_size"] == 0 and "split_seed" in grid.dataset
     assert grid.seeds == [0, 1]
-    assert grid.schedule == {**config.SCHEDULE_DEFAULTS, "epochs": 2}
+    assert grid.schedule == {**config.SCHEDULE_DEFAULTS, "epochs": 2, "milestones": [1]}  # scaled to 2 epochs
     assert grid.options == config.OPTION_DEFAULTS
     assert grid.data_root is None
     assert [v.label for v in grid.variants] == ["vanilla", "kd", "dkd"]
@@ -242,7 +242,7 @@ def test_seeds_must_be_distinct_ints(seeds, path, expected):
 
 
 @pytest.mark.parametrize("options, expected", [
-    ({"precision": "fp8"}, "grid.yaml: options.precision: expected 'fp32' | 'bf16' | 'fp16', got 'fp8' (str)"),
+    ({"precision": "fp8"}, "grid.yaml: options.precision: expected 'auto' | 'fp32' | 'bf16' | 'fp16', got 'fp8' (str)"),
     ({"compile": "yes"}, "grid.yaml: options.compile: expected bool, got 'yes' (str)"),
     ({"max_cohort_size": -1}, "grid.yaml: options.max_cohort_size: expected int >= 0, got -1 (int)"),
 ])

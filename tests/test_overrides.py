@@ -153,7 +153,7 @@ def test_new_options(grid_file):
     (["sched.epochs=1"], "--set sched.epochs=1: sched: unknown key (did you mean 'schedule'?)"),
     (["options.precison=bf16"], "--set options.precison=bf16: options.precison: unknown key "
                                 "(did you mean 'precision'?)"),
-    (["options.precision=fp8"], "--set options.precision=fp8: options.precision: expected 'fp32' | 'bf16' | 'fp16', "
+    (["options.precision=fp8"], "--set options.precision=fp8: options.precision: expected 'auto' | 'fp32' | 'bf16' | 'fp16', "
                                 "got 'fp8' (str)"),
     (["options.deterministic=maybe"], "--set options.deterministic=maybe: options.deterministic: expected bool, "
                                       "got 'maybe' (str)"),

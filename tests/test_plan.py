@@ -72,10 +72,14 @@ def test_run_fields_and_config():
     assert set(config) == {"dataset", "teacher", "student", "method", "hparams", "seed", "schedule", "options"}
     assert config["teacher"] == {"arch": "resnet32x4", "checkpoint": "mdistiller"}
     assert config["hparams"]["beta"] == 4.0 and config["hparams"]["alpha_temperature"] == 4.0
-    assert config["hparams"]["warmup"] == 20  # defaults filled in
+    # Defaults filled in; the warm-up of 20 epochs (set for 240) scaled to the 3-epoch schedule.
+    assert config["hparams"]["warmup"] == 1
+    assert run.epoch_hparams == {"rule": "scale", "reference_epochs": 240, "scaled": {"warmup": [20, 1]}}
     assert config["dataset"]["name"] == "synthetic" and config["dataset"]["val_size"] == 0
+    # Milestones not set: the reference ones scaled to 3 epochs (150, 180, 210 → 2, 2, 3), those
+    # that coincide merged and those at or past the last epoch left out.
     assert config["schedule"] == {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
-                                  "weight_decay": 5e-4, "milestones": [150, 180, 210], "lr_decay": 0.1}
+                                  "weight_decay": 5e-4, "milestones": [2], "lr_decay": 0.1}
     assert config["options"] == {"precision": "fp32", "channels_last": False, "compile": False}
     assert json.loads(json.dumps(config)) == config  # plain JSON: what config.yaml holds
 
@@ -203,7 +207,7 @@ def test_trained_teacher_hashes_its_training_config():
     pair = grid.pairs[2]
     config = teacher_training_config(grid, pair)
     assert config == {"arch": "vgg13", "dataset": grid.dataset, "seed": 5,
-                      "schedule": {**grid.schedule, "epochs": 7, "lr": 0.05},
+                      "schedule": {**grid.schedule, "epochs": 7, "lr": 0.05, "milestones": [4, 5, 6]},
                       "options": {"precision": "fp32", "channels_last": False, "compile": False}}
     run = next(r for r in plan(grid) if r.teacher_arch == "vgg13")
     assert run.config["teacher"] == {"arch": "vgg13", "checkpoint": "train", "train_id": teacher_training_id(grid, pair)}

@@ -208,10 +208,22 @@ def test_first_release_results_load_and_resume(tmp_path):
     run = cli("run", "grid.yaml", "--device", "cpu", cwd=tmp_path)
     assert run.returncode == 1, run.stderr + run.stdout  # the first release's failed runs stay failed
     found = summaries(tmp_path / "results", "v01")
-    resumed = [s for s in found.values() if s["seed"] == 1 and s["pair"] == "resnet8->resnet8"]
-    assert len(resumed) == 2 and all(s["status"] == "done" and len(s["sessions"]) == 2 for s in resumed)
-    # The runs the first release had failed are not retried; the new ones on the broken teacher fail.
-    assert sorted(s["status"] for s in found.values()) == ["done"] * 4 + ["failed"] * 4
+    first = {path.name for path in (V01 / "results" / "v01" / "runs").iterdir()}
+    kd = {run_id: s for run_id, s in found.items() if s["variant"] == "kd"}
+    # kd's runs keep their ids: the partial one resumes, the failed one stays failed, the new one
+    # on the broken teacher fails.
+    resumed = [s for s in kd.values() if s["seed"] == 1 and s["pair"] == "resnet8->resnet8"]
+    assert len(resumed) == 1 and resumed[0]["status"] == "done" and len(resumed[0]["sessions"]) == 2
+    assert sorted(s["status"] for s in kd.values()) == ["done"] * 2 + ["failed"] * 2
+    # dkd's default warm-up (20 epochs, set for 240) now follows the 2-epoch schedule (schedule.epoch_hparams:
+    # scale): its runs train something else, so under new ids and from the start; the first release's
+    # dkd runs are left as they were.
+    dkd_new = {run_id: s for run_id, s in found.items() if s["variant"] == "dkd" and run_id not in first}
+    assert all(s["hparams"]["warmup"] == 1 and len(s["sessions"]) <= 1 for s in dkd_new.values())
+    assert all(s["epoch_hparams"] == {"rule": "scale", "reference_epochs": 240, "scaled": {"warmup": [20, 1]}}
+               for s in dkd_new.values())
+    assert sorted(s["status"] for s in dkd_new.values()) == ["done"] * 2 + ["failed"] * 2
+    assert all(found[run_id]["hparams"]["warmup"] == 20 for run_id in first if found[run_id]["variant"] == "dkd")
 
 
 def test_ddp_member_failure_stops_the_cohort_cleanly(tmp_path):

@@ -169,6 +169,7 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
         why = "have no validation split" if metric == "val" else f"have no {info.column}"
         notes.append(f"{missing} done run(s) {why} and are left out.")
     done = done[done["value"].notna()].copy()
+    notes += epoch_hparam_notes(done)
 
     # A teacherless run (a shared vanilla run) counts in every pair with its student.
     with_teacher = done[done["teacher"] != ""]
@@ -199,6 +200,30 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
     return Prepared(runs=table_runs, done=done, not_done=not_done, pairs=pairs, variants=variants, metric=metric,
                     baseline=baseline, alpha=alpha, correction=correction,
                     protocols=_protocols(table_runs, protocols), notes=notes)
+
+
+def epoch_hparam_notes(done: pd.DataFrame) -> list[str]:
+    """How the runs' epoch-counting hyper-parameters (DKD's warm-up…) followed their schedules:
+    the rule each run recorded (`epoch_hparams` in its summary) and the values it scaled."""
+    if "epoch_hparams" not in done.columns:
+        return []
+    rules: dict[str, dict[str, None]] = {}
+    for variant, record, epochs in zip(done["variant"], done["epoch_hparams"], done["epochs"]):
+        if not isinstance(record, dict):
+            continue  # a method without such hyper-parameters, or a run from before kdbench recorded them
+        entry = rules.setdefault(str(record.get("rule")), {})
+        for key, (reference, trained) in (record.get("scaled") or {}).items():
+            entry.setdefault(f"{variant} {key} {reference} → {trained} ({epochs} epochs)", None)
+    notes = []
+    for rule, changes in rules.items():
+        if rule == "scale":
+            what = ("scaled to the schedule (`schedule.epoch_hparams: scale`: v → max(1, round(v·E/240)), 0 stays 0; "
+                    "values the grid sets are used as given)")
+        else:
+            what = f"used as set for the reference schedule (`schedule.epoch_hparams: {rule}`)"
+        listing = "; ".join(changes) if changes else "no value changed"
+        notes.append(f"Hyper-parameters that count epochs (warm-ups, ramps) were {what}: {listing}.")
+    return notes
 
 
 #: The note of rows trained with `protocol: own` (their summaries say "own").
