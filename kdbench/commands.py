@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from kdbench import atomic, config, devices, distributed, heal, plan, precision, records
+from kdbench import atomic, config, devices, distributed, heal, models, plan, precision, records
 from kdbench.console import console
 from kdbench.errors import KdbenchError
 from kdbench.faults import writing
@@ -47,9 +47,12 @@ def check_teachers(runs: list[plan.Run], data_root: Path, layout: Layout) -> Non
     seen = set()
     for run in runs:
         ref = TeacherRef.from_config(run.config["teacher"], data_root, layout)
-        if ref is None or ref.source in (TeacherSource.TRAIN, TeacherSource.TORCHVISION) or ref.path in seen:
+        if ref is None or ref.source == TeacherSource.TRAIN or ref.path in seen:
             continue
         seen.add(ref.path)
+        if ref.source == TeacherSource.TORCHVISION:
+            models.fetch_torchvision_weights(ref.arch)  # hash-checked; offline, one line saying where to put it
+            continue
         if not ref.path.is_file() and ref.source == TeacherSource.MDISTILLER:
             from kdbench import teachers
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from kdbench import atomic
 from kdbench.models import sha256_file
+from kdbench.models.imagenet import torchvision_weights_file, torchvision_weights_name
 from kdbench.records import Layout, now_iso
 
 #: The reference release's layout under the data root: `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`.
@@ -50,7 +51,8 @@ def release_path(root: str | os.PathLike, arch: str) -> Path:
 
 @dataclass(frozen=True)
 class TeacherRef:
-    """A teacher: its architecture, where its weights come from, and their file (None for torchvision)."""
+    """A teacher: its architecture, where its weights come from, and their file (for torchvision,
+    where torch.hub keeps its pinned weights once downloaded)."""
 
     arch: str
     source: TeacherSource
@@ -67,16 +69,23 @@ class TeacherRef:
         if checkpoint == TeacherSource.MDISTILLER.value:
             return cls(arch, TeacherSource.MDISTILLER, release_path(data_root, arch))
         if checkpoint == TeacherSource.TORCHVISION.value:
-            return cls(arch, TeacherSource.TORCHVISION, None)
+            return cls(arch, TeacherSource.TORCHVISION, torchvision_weights_file(arch))
         if checkpoint == TeacherSource.TRAIN.value:
             train_id = teacher["train_id"]
             return cls(arch, TeacherSource.TRAIN, layout.teacher_dir(train_id) / TRAINED_FILE, train_id)
         return cls(arch, TeacherSource.FILE, Path(checkpoint))
 
     @property
+    def checkpoint(self) -> str:
+        """The weights as a run's summary names them: the file, or torchvision's pinned weights."""
+        if self.source == TeacherSource.TORCHVISION:
+            return f"torchvision {torchvision_weights_name(self.arch)}"
+        return str(self.path)
+
+    @property
     def label(self) -> str:
-        """How messages name it: the arch and the file (or torchvision)."""
-        return f"{self.arch} ({self.path if self.path is not None else 'torchvision weights'})"
+        """How messages name it: the arch and its weights."""
+        return f"{self.arch} ({self.checkpoint})"
 
 
 class TeacherChanged(Exception):
@@ -145,10 +154,8 @@ def record_teacher(layout: Layout, ref: TeacherRef, sha256: str, how: str, repla
 
 
 def verify_teacher(layout: Layout, ref: TeacherRef) -> str | None:
-    """The SHA-256 of `ref`'s file, recorded at first use; `TeacherChanged` if it differs from the record.
-
-    None for torchvision weights (torchvision checks its own downloads).
-    """
+    """The SHA-256 of `ref`'s file (torchvision's downloaded weights too), recorded at first use;
+    `TeacherChanged` if it differs from the record."""
     if ref.path is None:
         return None
     found = sha256_file(ref.path)

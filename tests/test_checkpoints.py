@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +183,33 @@ def test_torchvision_weights_need_1000_classes():
         models.load_teacher("resnet18_imagenet", "torchvision", num_classes=100)
     with pytest.raises(KdbenchError, match="exist only for"):
         models.load_teacher("resnet8", "torchvision")
+
+
+def test_torchvision_teachers_are_pinned_to_the_v1_weights():
+    """The ImageNet teachers of mdistiller's published results: torchvision's V1 weights, named
+    explicitly (ResNet-50's DEFAULT is IMAGENET1K_V2, 80.9%, a newer recipe)."""
+    from kdbench.models.imagenet import TORCHVISION, torchvision_weights, torchvision_weights_name
+
+    table = {name: (torchvision_weights_name(name), Path(torchvision_weights(name).url).name,
+                    torchvision_weights(name).meta["_metrics"]["ImageNet-1K"]["acc@1"]) for name in TORCHVISION}
+    assert table == {
+        "resnet18_imagenet": ("ResNet18_Weights.IMAGENET1K_V1", "resnet18-f37072fd.pth", 69.758),
+        "resnet34_imagenet": ("ResNet34_Weights.IMAGENET1K_V1", "resnet34-b627a593.pth", 73.314),
+        "resnet50_imagenet": ("ResNet50_Weights.IMAGENET1K_V1", "resnet50-0676ba61.pth", 76.13),
+    }
+
+
+def test_a_torchvision_teacher_names_its_weights_and_hashes_their_file(tmp_path, monkeypatch):
+    from kdbench.records import Layout
+    from kdbench.teacher_ref import TeacherRef, verify_teacher
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    ref = TeacherRef.from_config({"arch": "resnet50_imagenet", "checkpoint": "torchvision"}, tmp_path,
+                                 Layout(tmp_path / "results", "g"))
+    assert ref.checkpoint == "torchvision ResNet50_Weights.IMAGENET1K_V1"
+    assert ref.label == "resnet50_imagenet (torchvision ResNet50_Weights.IMAGENET1K_V1)"
+    assert ref.path == tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    ref.path.parent.mkdir(parents=True)
+    ref.path.write_bytes(b"weights")  # what the run records is the SHA-256 of the file it loads
+    assert verify_teacher(Layout(tmp_path / "results", "g"), ref) == hashlib.sha256(b"weights").hexdigest()
+    assert models.fetch_torchvision_weights("resnet50_imagenet") == ref.path  # present: not downloaded again

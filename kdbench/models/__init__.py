@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from kdbench.models.checkpoints import extract_state_dict, load_state_dict_file, load_teacher, sha256_file
+from kdbench.models.checkpoints import (extract_state_dict, fetch_torchvision_weights, load_state_dict_file,
+                                        load_teacher, sha256_file)
 from kdbench.models.counting import count_macs, count_parameters
 from kdbench.models.zoo import available, build, canonical, register, zoo_of
 
@@ -38,6 +39,6 @@ def summary_rows(num_classes: int = 100, in_channels: int = 3, image_size: int =
 
 
 __all__ = [
-    "available", "build", "canonical", "count_macs", "count_parameters", "extract_state_dict",
+    "available", "build", "canonical", "count_macs", "count_parameters", "extract_state_dict", "fetch_torchvision_weights",
     "load_state_dict_file", "load_teacher", "register", "sha256_file", "summary_rows", "zoo_of",
 ]

@@ -179,6 +179,17 @@ def _guess_architecture(state: Mapping[str, Tensor], asked: str, num_classes: in
     return ""
 
 
+def fetch_torchvision_weights(name: str) -> Path:
+    """The file of model `name`'s pinned torchvision weights, downloaded (hash-checked) if missing;
+    offline, a one-line error saying where to put it."""
+    from kdbench.models.imagenet import torchvision_weights_file
+
+    path = torchvision_weights_file(name)
+    if not path.is_file():
+        _torchvision_state_dict(name, 1000, 3)
+    return path
+
+
 def _torchvision_state_dict(name: str, num_classes: int, in_channels: int) -> dict[str, Tensor]:
     from kdbench.models.imagenet import TORCHVISION, torchvision_weights
 

@@ -5,23 +5,28 @@ torchvision is imported inside the factories, so that importing `kdbench.models`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 
 from kdbench.models.layers import conv_bn, global_pool
 from kdbench.models.zoo import register
 
-# name -> (torchvision builder, weights enum class)
+# name -> (torchvision builder, weights enum class, the pinned weights). IMAGENET1K_V1 for all
+# three, as the teachers of mdistiller's ImageNet results: torchvision's DEFAULT for ResNet-50 is
+# IMAGENET1K_V2 (80.9% top-1, a newer recipe), not the V1 weights (76.1%) published ResNet50→
+# MobileNetV1 results use.
 TORCHVISION = {
-    "resnet18_imagenet": ("resnet18", "ResNet18_Weights"),
-    "resnet34_imagenet": ("resnet34", "ResNet34_Weights"),
-    "resnet50_imagenet": ("resnet50", "ResNet50_Weights"),
+    "resnet18_imagenet": ("resnet18", "ResNet18_Weights", "IMAGENET1K_V1"),
+    "resnet34_imagenet": ("resnet34", "ResNet34_Weights", "IMAGENET1K_V1"),
+    "resnet50_imagenet": ("resnet50", "ResNet50_Weights", "IMAGENET1K_V1"),
 }
 
 
 def _torchvision_resnet(name: str, num_classes: int, in_channels: int) -> nn.Module:
     import torchvision.models as tvm
 
-    builder, _ = TORCHVISION[name]
+    builder = TORCHVISION[name][0]
     model = getattr(tvm, builder)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
@@ -30,10 +35,25 @@ def _torchvision_resnet(name: str, num_classes: int, in_channels: int) -> nn.Mod
 
 
 def torchvision_weights(name: str):  # -> torchvision.models.WeightsEnum
-    """The default ImageNet-1k weights enum of torchvision model `name` (e.g. `resnet18_imagenet`)."""
+    """The pinned ImageNet-1k weights of torchvision model `name` (e.g. `resnet18_imagenet`)."""
     import torchvision.models as tvm
 
-    return getattr(tvm, TORCHVISION[name][1]).DEFAULT
+    _, enum, pinned = TORCHVISION[name]
+    return getattr(getattr(tvm, enum), pinned)
+
+
+def torchvision_weights_name(name: str) -> str:
+    """The pinned weights as torchvision names them, e.g. `ResNet50_Weights.IMAGENET1K_V1`."""
+    _, enum, pinned = TORCHVISION[name]
+    return f"{enum}.{pinned}"
+
+
+def torchvision_weights_file(name: str) -> Path:
+    """Where torch.hub keeps the pinned weights of `name` once downloaded (its file name carries
+    the first digits of the file's SHA-256, which the download checks)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(torchvision_weights(name).url).name
 
 
 def _define(name: str) -> None:
