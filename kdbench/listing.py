@@ -25,12 +25,13 @@ def methods_table() -> Table:
     table.add_column("name", style="bold")
     table.add_column("description")
     table.add_column("hyper-parameters (defaults)")
+    table.add_column("defaults from")
     for name in methods.available():
         info = methods.describe(name)
         params = "\n".join(f"{p.name}: {p.type_name()} = {p.default!r}" for p in info.hparams) or "—"
         views = methods.views_of(methods.method_class(name))
         summary = info.summary + (f" [views: {', '.join(views)}]" if views else "")
-        table.add_row(name, summary, params)
+        table.add_row(name, summary, params, methods.defaults_source(name) or "—")
     return table
 
 
@@ -44,10 +45,11 @@ def _code_link(url: str) -> str:
 
 
 def methods_markdown() -> str:
-    """The README's method table: every registered method, its loss, paper, official code and defaults."""
+    """The README's method table: every registered method, its loss, paper, official code, defaults
+    and where they come from."""
     from kdbench import methods
 
-    lines = ["| method | loss | paper | official code | defaults |", "|:--|:--|:--|:--|:--|"]
+    lines = ["| method | loss | paper | official code | defaults | defaults from |", "|:--|:--|:--|:--|:--|:--|"]
     for name in methods.available():
         info = methods.describe(name)
         paper, code = methods.reference(name)
@@ -55,7 +57,7 @@ def methods_markdown() -> str:
         views = methods.views_of(methods.method_class(name))
         summary = info.summary + (f" Views: {', '.join(views)}." if views else "")
         lines.append(f"| `{name}` | {_cell(summary)} | {_cell(paper)} | {_code_link(code) if code else '—'} "
-                     f"| {defaults or '—'} |")
+                     f"| {defaults or '—'} | {_cell(methods.defaults_source(name))} |")
     return "\n".join(lines) + "\n"
 
 
