@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("arch", help="architecture, e.g. resnet32x4")
     _add_data_dir(train)
     train.add_argument("--dataset", default="cifar100", help="dataset (default: cifar100)")
-    train.add_argument("--epochs", type=int, default=240, help="epochs (default: 240)")
+    train.add_argument("--epochs", type=int, default=240,
+                       help="epochs (default: 240); the LR milestones are the reference ones scaled to them")
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the reference rule)")
     train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     train.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from kdbench.data.files import safe_extract_tar
 from kdbench.errors import KdbenchError
 from kdbench.models import sha256_file
-from kdbench.recipe import Schedule
+from kdbench.recipe import Schedule, scaled_milestones
 from kdbench.records import Status, now_iso
 from kdbench.teacher_ref import RELEASE_DIR, RELEASE_RECORD, read_release_record, release_path, write_release_record
 
@@ -271,9 +271,9 @@ def cli_teachers(args) -> int:
 
     arch = models.canonical(args.arch)
     spec = data.resolve_spec(args.dataset)
-    base = Schedule()
+    # The reference milestones scaled to the epochs, as a grid that sets only `epochs` gets them.
     schedule = Schedule(epochs=args.epochs, lr=args.lr or "auto",
-                        milestones=tuple(m for m in base.milestones if m < args.epochs)).resolve(arch)
+                        milestones=tuple(scaled_milestones(args.epochs))).resolve(arch)
     out = Path(args.out) if args.out else teacher_path(root, arch)
     progress = GridProgress(1, 0)
     try:
