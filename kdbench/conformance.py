@@ -51,6 +51,8 @@ def _check_declarations(name: str, cls: type) -> None:
             f"method '{name}': `views` must be a non-empty tuple of view names, got {views!r}"
         )
         assert len(set(views)) == len(views), f"method '{name}': `views` repeats a view: {views!r}"
+    declared = getattr(cls, "batch_statistics", False)
+    assert isinstance(declared, bool), f"method '{name}': `batch_statistics` must be a bool, got {declared!r}"
 
 
 def _check_epoch_scalars(name: str, method: torch.nn.Module) -> None:
@@ -66,11 +68,59 @@ def _check_epoch_scalars(name: str, method: torch.nn.Module) -> None:
         assert torch.isfinite(torch.as_tensor(value)), f"method '{name}': epoch_scalars()['{key}'] is not finite: {value}"
 
 
+def _check_mean_separable(name: str, views: tuple[str, ...] | None) -> None:
+    """Without `batch_statistics`, each term on a batch must be the mean of the term over its
+    rows: on 2n rows, the mean of its values on the two halves. DDP trains each process on
+    its share of the batch and averages, so this is what makes such a method exact there."""
+    students, teachers, targets = _inputs(views, 10, 16, seed=5)
+    # Halves that differ (rows of kind k are those 4i + k of `_batch`): the first holds the
+    # teacher's right rows and most of its ties, the second mostly rows it gets wrong, at
+    # twice the logit scale. A mean over a data-dependent count of rows then fails.
+    kinds = [torch.arange(k, 16, 4) for k in range(4)]
+    order = torch.cat([kinds[0], kinds[2][:3], kinds[1][:1], kinds[2][3:], kinds[1][1:], kinds[3]])
+    scale = torch.cat([torch.ones(8), torch.full((8,), 2.0)])[:, None]
+    students = {v: (x[order] * scale).double() for v, x in students.items()}
+    teachers = {v: (x[order] * scale).double() for v, x in teachers.items()}
+    targets = targets[order]
+    epoch = 3  # inside the warm-up of methods that have one: one epoch for all three calls
+
+    def terms_and_grads(rows: slice) -> tuple[dict, dict, dict]:
+        method = methods.build(name).double()
+        s = {v: x[rows].clone().requires_grad_(True) for v, x in students.items()}
+        terms = _call(method, s, {v: x[rows].clone() for v, x in teachers.items()}, targets[rows].clone(), epoch)
+        sum(terms.values()).backward()
+        params = {p: param.grad for p, param in method.named_parameters() if param.grad is not None}
+        return {k: t.detach() for k, t in terms.items()}, {v: x.grad for v, x in s.items()}, params
+
+    whole, whole_grads, whole_params = terms_and_grads(slice(0, 16))
+    first, first_grads, first_params = terms_and_grads(slice(0, 8))
+    second, second_grads, second_params = terms_and_grads(slice(8, 16))
+    hint = "; a loss that couples the rows of a batch declares `batch_statistics = True`"
+    close = dict(rtol=1e-10, atol=1e-12)
+    for key, value in whole.items():
+        halves = (first.get(key, torch.zeros_like(value)) + second.get(key, torch.zeros_like(value))) / 2
+        assert torch.allclose(value, halves, **close), (
+            f"method '{name}': term '{key}' on a batch is {value.item():.12g}, the mean of its halves "
+            f"{halves.item():.12g}: not a mean over rows{hint}")
+    for view, grad in whole_grads.items():
+        halves = torch.cat([first_grads[view], second_grads[view]]) / 2
+        assert torch.allclose(grad, halves, **close), (
+            f"method '{name}': the gradient w.r.t. the student{'' if view is None else f' (view {view!r})'} on a "
+            f"batch is not half the gradient on each half{hint}")
+    for pname, grad in whole_params.items():
+        halves = (first_params[pname] + second_params[pname]) / 2
+        assert torch.allclose(grad, halves, **close), (
+            f"method '{name}': the gradient w.r.t. its parameter '{pname}' on a batch is not the mean of "
+            f"those on its halves{hint}")
+
+
 def check(name: str) -> None:
     """Assert that method `name` meets the loss contract (see docs/design.md)."""
     cls = methods.method_class(name)
     _check_declarations(name, cls)
     views = methods.views_of(cls)
+    if not methods.batch_statistics(cls):
+        _check_mean_separable(name, views)
     for classes, batch, epoch in [(10, 16, 1), (100, 8, 100), (1000, 4, 7), (10, 1, 3)]:
         students, teachers, targets = _inputs(views, classes, batch, seed=classes + batch)
         method = methods.build(name)
