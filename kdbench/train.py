@@ -271,7 +271,7 @@ class _CohortTrainer:
             totals = distributed.all_reduce(torch.stack([trainee.loss_sum.double(), trainee.correct.double()]))
             first_bad_step = distributed.all_reduce(trainee.first_bad_step.clone(), "max")
             if trainee.term_sums is not None:
-                distributed.all_reduce(trainee.term_sums)
+                distributed.all_reduce(trainee.term_sums).div_(world)  # each process's means, averaged like the loss
             loss_sum, correct, first_bad = torch.cat([totals / torch.tensor([world, 1.0], device=totals.device),
                                                       first_bad_step.double()[None]]).tolist()
             if first_bad >= 0:
