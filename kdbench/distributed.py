@@ -7,7 +7,7 @@ kdbench calls them unconditionally.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -87,3 +87,54 @@ def shard(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     if not active():
         return batch
     return tuple(t.tensor_split(world_size())[rank()] for t in batch)
+
+
+def share_sizes(rows: int) -> tuple[int, ...]:
+    """The rows of every process's share of a global batch of `rows`, in rank order, as
+    `shard` cuts it (`tensor_split`: the first `rows % world_size()` shares hold one more)."""
+    whole, extra = divmod(rows, world_size())
+    return tuple(whole + 1 if r < extra else whole for r in range(world_size()))
+
+
+def gather(tensor: torch.Tensor, shares: tuple[int, ...]) -> torch.Tensor:
+    """The global batch: every process's share of it (`shares[r]` rows on rank r), concatenated
+    in rank order. Differentiable: the gradient each process gets for its own rows is the sum,
+    over all processes, of the gradients of those rows (the adjoint of the gather)."""
+    if not active():
+        return tensor
+    if len(shares) != world_size() or tensor.shape[0] != shares[rank()]:
+        raise ValueError(f"rank {rank()} holds {tensor.shape[0]} rows; the shares are {shares}")
+    return _Gather.apply(tensor, shares)
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, shares: tuple[int, ...]) -> torch.Tensor:  # type: ignore[override]
+        ctx.shares = shares
+        # all_gather needs equal sizes: shares differ by one row when the batch does not divide.
+        longest = max(shares)
+        padded = tensor.contiguous()
+        if padded.shape[0] < longest:
+            padded = torch.cat([padded, padded.new_zeros((longest - padded.shape[0], *padded.shape[1:]))])
+        parts = [torch.empty_like(padded) for _ in shares]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:rows] for part, rows in zip(parts, shares)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        start = sum(ctx.shares[:rank()])
+        return total[start:start + ctx.shares[rank()]], None
+
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Average the gradients of `params` over all processes, in place, as DDP does for the
+    parameters of the module it wraps (a method's own parameters live outside it)."""
+    if not active():
+        return
+    world = world_size()
+    for param in params:
+        if param.grad is not None:  # None on every process alike: the same code ran on each
+            param.grad.div_(world)
+            dist.all_reduce(param.grad)

@@ -197,12 +197,15 @@ class _CohortTrainer:
             v for t in active if t.needs_teacher for v in t.views))
         return student, teacher
 
-    def _batches(self, epoch: int, skip: int, views: list[str]) -> Iterator[tuple[int, dict[str, Tensor], Tensor]]:
-        """(step, images by view, targets) for the epoch's batches after the first `skip`."""
+    def _batches(self, epoch: int, skip: int, views: list[str],
+                 ) -> Iterator[tuple[int, dict[str, Tensor], Tensor, tuple[int, ...]]]:
+        """(step, images by view, targets, shares) for the epoch's batches after the first `skip`:
+        this process's share of each batch, and the rows of every process's share."""
         train = self.data.train
         if getattr(train, "shards_itself", False):  # a streaming loader (ImageNet): the weak view only
+            # Its DistributedSampler pads the data so that every process's batches are alike in size.
             for step, (images, targets, _) in enumerate(train_batches(train, epoch, skip), start=skip + 1):
-                yield step, {WEAK: images}, targets
+                yield step, {WEAK: images}, targets, (len(targets),) * distributed.world_size()
             return
         # The strong view is made for this process's share of each batch only.
         share = (distributed.rank(), distributed.world_size()) if distributed.active() else None
@@ -212,7 +215,7 @@ class _CohortTrainer:
             views_of_batch = {WEAK: images}
             if strong is not None:
                 views_of_batch[STRONG] = next(strong)
-            yield step, views_of_batch, targets
+            yield step, views_of_batch, targets, distributed.share_sizes(len(batch[1]))
 
     def _train_epoch(self, epoch: int, active: list[Trainee]) -> None:
         lrs = {t.run_id: t.set_epoch_lr(epoch) for t in active}
@@ -228,7 +231,7 @@ class _CohortTrainer:
         started = time.perf_counter()
         precision = self.options.precision
         student_views, teacher_views = self._views(active)
-        for step, images, targets in self._batches(epoch, skip, student_views):
+        for step, images, targets, shares in self._batches(epoch, skip, student_views):
             teacher_logits: dict[str, Tensor] = {}
             for view in teacher_views:
                 with torch.no_grad(), autocast(self.device, precision):
@@ -237,7 +240,7 @@ class _CohortTrainer:
                 if trainee.failure is not None:
                     continue
                 try:
-                    trainee.step(images, targets, teacher_logits, epoch, step, precision)
+                    trainee.step(images, targets, teacher_logits, epoch, step, precision, shares)
                 except Exception as exc:
                     self._fail(trainee, exc, epoch, step, "training step")
             self.reporter.step_done(epoch, step)

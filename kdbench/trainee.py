@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -110,7 +110,9 @@ class Trainee:
         self.views = declared or (WEAK,)
         self.multi_view = declared is not None
         self.needs_teacher = methods.needs_teacher(method)
-        params = list(model.parameters()) + list(method.parameters())
+        self.batch_statistics = methods.batch_statistics(method)
+        self.method_params = list(method.parameters())
+        params = list(model.parameters()) + self.method_params
         self.scaler = grad_scaler(device, options.precision)
         self.optimizer = torch.optim.SGD(
             params, lr=member.schedule.lr_at(1), momentum=member.schedule.momentum,
@@ -177,29 +179,36 @@ class Trainee:
         return lr
 
     def step(self, images: dict[str, Tensor], targets: Tensor, teacher_logits: dict[str, Tensor], epoch: int,
-             step: int, precision: str) -> None:
-        """One SGD step on the batch; `images` and `teacher_logits` are keyed by view."""
+             step: int, precision: str, shares: tuple[int, ...] | None = None) -> None:
+        """One SGD step on the batch; `images` and `teacher_logits` are keyed by view.
+
+        Under DDP, `images` and `targets` are this process's share of the global batch and
+        `shares` the rows of every process's share (None: this process holds the whole batch).
+        """
         with autocast(self.device, precision):
             logits = {view: self.forward(images[view]) for view in self.views}
         with torch.autocast(self.device.type, enabled=False):
             # Without a teacher forward (none in the cohort, or the method needs none) the
             # method gets an empty teacher: a 0-d zero, or an empty dict of views.
             if self.multi_view:
-                teacher = {v: teacher_logits[v].float() for v in self.views if v in teacher_logits}
-                terms = self.loss({v: logits[v].float() for v in self.views}, teacher, targets, epoch=epoch)
+                student: Any = {v: logits[v].float() for v in self.views}
+                teacher: Any = {v: teacher_logits[v].float() for v in self.views if v in teacher_logits}
             else:
+                student = logits[WEAK].float()
                 teacher = teacher_logits[WEAK].float() if WEAK in teacher_logits else logits[WEAK].new_zeros(())
-                terms = self.loss(logits[WEAK].float(), teacher, targets, epoch=epoch)
+            terms, loss, backprop = shard_loss(self.loss, self.batch_statistics, student, teacher, targets,
+                                               shares or (len(targets),), epoch)
         if self.term_names is None:
             self.term_names = list(terms)
         values = torch.stack([v.detach().float() for v in terms.values()])
-        loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
-            loss.backward()
+            backprop.backward()
+            distributed.average_gradients(self.method_params)
             self.optimizer_step()
         else:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(backprop).backward()
+            distributed.average_gradients(self.method_params)
             self.scaler.step(self.optimizer)
             self.scaler.update()
 
@@ -265,6 +274,37 @@ class Trainee:
     def epoch_scalars(self) -> dict[str, float]:
         """The method's per-epoch scalars, as `method_<name>` metrics fields."""
         return {f"method_{k}": v for k, v in methods.epoch_scalars(self.method).items()}
+
+
+def shard_loss(loss: Callable[..., dict[str, Tensor]], batch_statistics: bool, student: Any, teacher: Any,
+               targets: Tensor, shares: tuple[int, ...], epoch: int) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """A method's terms on this process's share of a batch, their sum (what is recorded) and
+    the loss to backpropagate. `student` and `teacher` are logits (dicts of them by view for
+    a multi-view method); `shares` are the rows of every process's share, in rank order.
+
+    With one share both losses are the method's own. Under DDP, whose average of the
+    processes' gradients then equals the single-process gradient of the global batch:
+    a method with `batch_statistics` sees the global batch (every process's logits and
+    targets, gathered; the gather's backward sums each row's gradient over the processes,
+    which DDP's average divides back). Any other method sees its share, and the loss it
+    backpropagates is weighted by the share's size (`rows · processes / global rows`), since
+    its terms are means over rows (the conformance suite checks) and shares may differ by one.
+    """
+    if len(shares) > 1 and batch_statistics:
+        terms = loss(_gathered(student, shares), _gathered(teacher, shares), distributed.gather(targets, shares),
+                     epoch=epoch)
+        total = sum(terms.values())
+        return terms, total, total
+    terms = loss(student, teacher, targets, epoch=epoch)
+    total = sum(terms.values())
+    weight = len(targets) * len(shares) / sum(shares)
+    return terms, total, total if weight == 1 else total * weight
+
+
+def _gathered(logits: Any, shares: tuple[int, ...]) -> Any:
+    if isinstance(logits, dict):
+        return {view: _gathered(t, shares) for view, t in logits.items()}
+    return distributed.gather(logits, shares) if logits.dim() else logits  # a 0-d placeholder: no teacher
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
