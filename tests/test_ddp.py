@@ -14,8 +14,7 @@ from torch import nn
 from kdbench import distributed, methods
 from kdbench.trainee import shard_loss
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ddp_worker import EPOCH, GRAD_CASES, grad_inputs, unwrap  # noqa: E402
+from _ddp_worker import EPOCH, GRAD_CASES, grad_inputs, unwrap
 
 WORKER = Path(__file__).resolve().parent / "_ddp_worker.py"
 TIMING = {"epoch_seconds", "images_per_s"}
