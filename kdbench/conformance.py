@@ -53,6 +53,17 @@ def _check_declarations(name: str, cls: type) -> None:
         assert len(set(views)) == len(views), f"method '{name}': `views` repeats a view: {views!r}"
     declared = getattr(cls, "batch_statistics", False)
     assert isinstance(declared, bool), f"method '{name}': `batch_statistics` must be a bool, got {declared!r}"
+    counting = getattr(cls, "epoch_hparams", ())
+    assert isinstance(counting, tuple), f"method '{name}': `epoch_hparams` must be a tuple of names, got {counting!r}"
+    params = {p.name: p for p in methods.hparams_of(name)}
+    for key in counting:
+        assert key in params and params[key].type is int and isinstance(params[key].default, int), (
+            f"method '{name}': `epoch_hparams` names '{key}', which must be an int hyper-parameter with an int default")
+    reference = getattr(cls, "reference_epochs", methods.REFERENCE_EPOCHS)
+    assert isinstance(reference, int) and not isinstance(reference, bool) and reference >= 1, (
+        f"method '{name}': `reference_epochs` must be an int >= 1, got {reference!r}")
+    source = getattr(cls, "defaults_from", "")
+    assert isinstance(source, str), f"method '{name}': `defaults_from` must be a string, got {source!r}"
 
 
 def _check_epoch_scalars(name: str, method: torch.nn.Module) -> None:
