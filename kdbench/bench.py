@@ -1,30 +1,43 @@
-"""`kdbench bench`: training throughput of a cohort versus the same methods one at a time.
+"""`kdbench bench`: training throughput of a cohort versus the same methods one at a time;
+and the measured costs (`step_costs`, `loss_costs`, `strong_costs`, `data_costs`) that
+`kdbench run --dry-run` turns into a grid's time estimate.
 
-Random data stands in for a dataset, so nothing needs to be on disk. The cohort runs the
-teacher once per batch for all students; the separate baseline gives each method its own
-teacher forward, as one-run-per-process trainers do. Both use the real training step of
-`kdbench.train`.
+Random data stands in for a dataset, so nothing needs to be on disk; for methods that
+train on more than one view (MLKD), a second random batch stands in for the strong view,
+so `bench` times the device's work, not the host's strong augmentation (`strong_costs`
+measures that). The cohort runs the teacher once per batch and view for all students; the
+separate baseline gives each method its own teacher forwards, as one-run-per-process
+trainers do. Both use the real training step of `kdbench.train`.
+
+Timings are the minimum over a few windows of steps after a warm-up: the first calls of a
+shape are slow (oneDNN and cuDNN pick their kernels), and on a shared machine other jobs
+only ever make a window slower.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from kdbench import devices, methods, models
 from kdbench.compiling import Compiled
 from kdbench.console import console
-from kdbench.precision import DTYPES, autocast
+from kdbench.errors import KdbenchError
+from kdbench.precision import DTYPES, autocast, resolve
 from kdbench.recipe import Options, Schedule
-from kdbench.trainee import WEAK, Member, Trainee, build_student
+from kdbench.trainee import STRONG, WEAK, Member, Trainee, build_student
+
+#: `--methods all`: every registered method.
+ALL = "all"
 
 
 class _Setup:
-    """A teacher and one trainee per method, on random data of the right shape."""
+    """A teacher and one trainee per method, on random data of the right shape (one batch per view)."""
 
     def __init__(self, teacher: str, student: str, method_names: list[str], device: torch.device,
                  options: Options, batch_size: int, num_classes: int, in_channels: int, image_size: int):
@@ -39,29 +52,34 @@ class _Setup:
                             schedule=Schedule(batch_size=batch_size).resolve(student))
             model = build_student(student, 0, num_classes, in_channels).to(device, memory_format=fmt).train()
             self.trainees.append(Trainee(member, model, methods.build(name).to(device), device, options))
+        views = list(dict.fromkeys(v for t in self.trainees for v in t.views))
+        unknown = [v for v in views if v not in (WEAK, STRONG)]
+        if unknown:
+            raise KdbenchError(f"--methods: unknown view '{unknown[0]}'; views are {WEAK}, {STRONG}")
         g = torch.Generator(device="cpu").manual_seed(0)
-        self.images = torch.randn(batch_size, in_channels, image_size, image_size, generator=g).to(device)
-        self.images = self.images.contiguous(memory_format=fmt)
+        self.images = {v: torch.randn(batch_size, in_channels, image_size, image_size, generator=g).to(device)
+                       .contiguous(memory_format=fmt) for v in views}
         self.targets = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+        self.teacher_views = [v for v in views if any(t.needs_teacher and v in t.views for t in self.trainees)]
         self.step_count = 0
 
-    def teacher_logits(self) -> dict[str, torch.Tensor]:
+    def teacher_logits(self, views: list[str]) -> dict[str, torch.Tensor]:
         with torch.no_grad(), autocast(self.device, self.options.precision):
-            return {WEAK: self.teacher_forward(self.images)}
+            return {v: self.teacher_forward(self.images[v]) for v in views}
 
     def cohort_step(self) -> None:
         self.step_count += 1
-        logits = self.teacher_logits()
+        logits = self.teacher_logits(self.teacher_views)
         for trainee in self.trainees:
-            trainee.step({WEAK: self.images}, self.targets, logits, 30, self.step_count, self.options.precision)
+            trainee.step(self.images, self.targets, logits, 30, self.step_count, self.options.precision)
 
     def separate_step(self, trainee: Trainee) -> None:
         self.step_count += 1
-        trainee.step({WEAK: self.images}, self.targets, self.teacher_logits(), 30, self.step_count,
-                     self.options.precision)
+        logits = self.teacher_logits(list(trainee.views) if trainee.needs_teacher else [])
+        trainee.step(self.images, self.targets, logits, 30, self.step_count, self.options.precision)
 
 
-def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
+def _timed(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         fn()
     devices.synchronize(device)
@@ -70,6 +88,12 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
         fn()
     devices.synchronize(device)
     return time.perf_counter() - start
+
+
+def method_list(text: str) -> list[str]:
+    """`--methods`: comma-separated names, or `all` for every registered method."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    return methods.available() if names == [ALL] else names
 
 
 def measure(
@@ -88,15 +112,21 @@ def measure(
     in_channels: int = 3,
     image_size: int = 32,
     separate: bool = True,
+    gemm_peak: bool = True,
 ) -> dict[str, Any]:
-    """Training images per second of a cohort, and of the same methods trained one at a time."""
+    """Training images per second of a cohort, and of the same methods trained one at a time.
+
+    `precision` may be `auto` (resolved for the device). Without `gemm_peak` the matmul
+    peak (a large GEMM, seconds on a CPU) is not measured nor the share of it reported.
+    """
     dev = devices.parse(device)
     method_names = method_names or ["kd", "dkd", "normkd", "label_swap", "rld"]
     for name in method_names:
         methods.method_class(name)
+    resolved = resolve(dev, precision)
     steps = steps or (20 if dev.type == "cpu" else 200)
     warmup = warmup_steps if warmup_steps is not None else (3 if dev.type == "cpu" else 20)
-    options = Options(precision=precision, channels_last=channels_last, compile=compile)
+    options = Options(precision=resolved, channels_last=channels_last, compile=compile)
     setup = _Setup(teacher, student, method_names, dev, options, batch_size, num_classes, in_channels, image_size)
     k = len(method_names)
     cohort_seconds = _timed(setup.cohort_step, steps, warmup, dev)
@@ -104,10 +134,13 @@ def measure(
         "teacher": models.canonical(teacher), "student": models.canonical(student), "methods": method_names,
         "cohort_size": k, "batch_size": batch_size, "steps": steps, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "precision": precision, "channels_last": channels_last,
+        "threads": torch.get_num_threads(), "precision": resolved, "channels_last": channels_last,
         "compile": compile, "torch": torch.__version__,
         "student_images_per_s": k * batch_size * steps / cohort_seconds,
+        "views": {t.member.method: list(t.views) for t in setup.trainees if t.multi_view},
     }
+    if precision != resolved:
+        result["precision_requested"] = precision
     if separate:
         separate_seconds = sum(
             _timed(lambda t=t: setup.separate_step(t), steps, warmup, dev) for t in setup.trainees
@@ -116,11 +149,13 @@ def measure(
         result["speedup"] = result["student_images_per_s"] / result["separate_student_images_per_s"]
     teacher_macs = models.count_macs(setup.teacher, in_channels, image_size)  # the eager module; compiling wraps it
     student_macs = models.count_macs(models.build(student, num_classes, in_channels), in_channels, image_size)
-    # Training a student costs about 3 forwards (forward + backward); the teacher 1.
-    flops_per_step = 2 * batch_size * (teacher_macs + 3 * k * student_macs)
+    # Training a student costs about 3 forwards (forward + backward) per view; the teacher 1 per view.
+    student_views = sum(len(t.views) for t in setup.trainees)
+    flops_per_step = 2 * batch_size * (len(setup.teacher_views) * teacher_macs + 3 * student_views * student_macs)
     result["cohort_tflops"] = flops_per_step * steps / cohort_seconds / 1e12
-    result["gemm_peak_tflops"] = gemm_peak_tflops(dev, precision)
-    result["share_of_gemm_peak"] = result["cohort_tflops"] / result["gemm_peak_tflops"]
+    if gemm_peak:
+        result["gemm_peak_tflops"] = gemm_peak_tflops(dev, resolved)
+        result["share_of_gemm_peak"] = result["cohort_tflops"] / result["gemm_peak_tflops"]
     return result
 
 
@@ -141,33 +176,158 @@ def gemm_peak_tflops(device: torch.device, precision: str, size: int | None = No
     return 2 * size**3 * repeats / seconds / 1e12
 
 
+# ----------------------------------------------------------------- costs for the estimate
+
+
+def windows(device: torch.device, quick: bool) -> tuple[int, int, int, float]:
+    """(warm-up calls, calls per window, windows, seconds after which no new window starts).
+
+    A quick probe times a couple of windows; a full measurement takes the fastest of more.
+    A GPU's windows hold many steps (a sync per window); a CPU's hold one, since its calls
+    are synchronous and the fastest single call best escapes other jobs' load.
+    """
+    if device.type == "cuda":
+        return 10, 10, 1 if quick else 5, 2.0 if quick else 5.0
+    return 3, 1, 2 if quick else 6, 1.0 if quick else 2.0
+
+
+def settled_seconds(fn: Callable[[], Any], device: torch.device, quick: bool = False) -> tuple[float, float]:
+    """(seconds per call, seconds the warm-up calls took beyond as many settled calls).
+
+    Seconds per call are the fastest window's, after the warm-up: a busy machine only
+    ever slows a window down, and the first calls of a shape choose kernels.
+    """
+    warmup, steps, repeats, budget = windows(device, quick)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    devices.synchronize(device)
+    warm = time.perf_counter() - start
+    best = math.inf
+    for i in range(repeats):
+        begin = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        devices.synchronize(device)
+        best = min(best, (time.perf_counter() - begin) / steps)
+        if i >= 1 and time.perf_counter() - start > budget:
+            break
+    return best, max(0.0, warm - warmup * best)
+
+
 def step_costs(archs: list[str], *, device: str | torch.device, batch_size: int, precision: str,
                channels_last: bool, num_classes: int, in_channels: int, image_size: int,
-               steps: int = 2) -> dict[str, dict[str, float]]:
-    """Seconds per batch of a forward pass and of a training step, per architecture.
-
-    `kdbench run --dry-run` combines these into a grid's time estimate.
+               eval_batch_size: int = 256, compile: bool = False, quick: bool = False) -> dict[str, dict[str, float]]:
+    """Seconds per architecture: `train_s` (a training step on a batch, the `vanilla` loss),
+    `forward_s` (a no-grad forward of a batch, as the teacher's), `eval_s` (a no-grad forward
+    of an evaluation batch), `warm_s` (what the first calls of these shapes take beyond
+    settled ones) and `build_s` (building the model). `precision` may be `auto`.
     """
     dev = torch.device(device)
-    options = Options(precision=precision, channels_last=channels_last)
+    precision = resolve(dev, precision)
+    options = Options(precision=precision, channels_last=channels_last, compile=compile)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    images = torch.randn(batch_size, in_channels, image_size, image_size, device=dev).contiguous(memory_format=fmt)
+
+    def batch(n: int) -> torch.Tensor:
+        return torch.randn(n, in_channels, image_size, image_size, device=dev).contiguous(memory_format=fmt)
+
+    images, eval_images = batch(batch_size), batch(eval_batch_size)
     targets = torch.randint(0, num_classes, (batch_size,), device=dev)
     costs = {}
     for arch in archs:
-        member = Member(run_id=arch, student=arch, method="vanilla", hparams={}, schedule=Schedule().resolve(arch))
+        started = time.perf_counter()
         model = build_student(arch, 0, num_classes, in_channels).to(dev, memory_format=fmt)
+        build_s = time.perf_counter() - started
+        member = Member(run_id=arch, student=arch, method="vanilla", hparams={}, schedule=Schedule().resolve(arch))
         trainee = Trainee(member, model, methods.build("vanilla"), dev, options)
-        train_s = _timed(lambda: trainee.step({WEAK: images}, targets, {}, 1, 1, precision), steps, 1, dev) / steps
-
-        def forward() -> None:
-            with torch.no_grad(), autocast(dev, precision):
-                model(images)
-
+        train_s, warm_train = settled_seconds(
+            lambda: trainee.step({WEAK: images}, targets, {}, 1, 1, precision), dev, quick)
         model.eval()
-        forward_s = _timed(forward, steps, 1, dev) / steps
-        costs[arch] = {"forward_s": forward_s, "train_s": train_s}
+        forward = Compiled(model, compile, "teacher's forward")
+
+        def infer(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> None:
+            with torch.no_grad(), autocast(dev, precision):
+                fn(x)
+
+        forward_s, warm_forward = settled_seconds(lambda: infer(forward, images), dev, quick)
+        eval_s, warm_eval = settled_seconds(lambda: infer(model, eval_images), dev, quick)
+        costs[arch] = {"train_s": train_s, "forward_s": forward_s, "eval_s": eval_s,
+                       "warm_s": warm_train + warm_forward + warm_eval, "build_s": build_s}
     return costs
+
+
+def loss_costs(method: str, hparams: dict[str, Any], *, device: str | torch.device, batch_size: int,
+               num_classes: int, quick: bool = False) -> dict[str, float]:
+    """`loss_s`: seconds of a method's loss, forward and backward, on a batch of random logits (all its views)."""
+    dev = torch.device(device)
+    loss = methods.build(method, **hparams).to(dev)
+    views = methods.views_of(loss)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def logits(grad: bool) -> torch.Tensor:
+        return torch.randn(batch_size, num_classes, generator=g).to(dev).requires_grad_(grad)
+
+    student = {v: logits(True) for v in views} if views else logits(True)
+    teacher = {v: logits(False) for v in views} if views else logits(False)
+    targets = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
+
+    def step() -> None:
+        sum(loss(student, teacher, targets, epoch=1).values()).backward()
+
+    return {"loss_s": settled_seconds(step, dev, quick)[0]}
+
+
+def strong_costs(in_channels: int, image_size: int, pad: int, flip: bool, quick: bool = False) -> dict[str, float]:
+    """`image_s`: host seconds of MLKD's strong view of one image, on one core (`kdbench.data.strong`)."""
+    import numpy as np
+
+    from kdbench.data.strong import render
+
+    rng = np.random.default_rng(0)
+    side = image_size + 2 * pad
+    store = rng.integers(0, 256, (64, side, side) + ((in_channels,) if in_channels != 1 else ()), dtype=np.uint8)
+    out = np.empty((32, in_channels, image_size, image_size), dtype=np.uint8)
+    seeds = iter(range(1 << 30))
+
+    def batch() -> None:
+        render(store, range(32), [next(seeds) for _ in range(32)], size=(image_size, image_size), pad=pad, flip=flip,
+               out=out)
+
+    return {"image_s": settled_seconds(batch, torch.device("cpu"), quick)[0] / 32}
+
+
+def data_costs(spec: dict[str, Any], *, root: Any, device: str | torch.device, batch_size: int,
+               eval_batch_size: int, channels_last: bool, quick: bool = False) -> dict[str, float]:
+    """`build_s`: seconds to load the dataset onto the device (0 where its files are absent, or it
+    streams from disk); `batch_s`: seconds the training loader takes to make a batch there."""
+    from pathlib import Path
+
+    from kdbench import data
+    from kdbench.data.benchmark import measure_data_throughput
+
+    dev = torch.device(device)
+    dataset = data.instantiate(spec)
+    if getattr(dataset, "shards_itself", False) or not dataset.presence(Path(root)).get("present"):
+        # Not here to load, or not loaded at once: the on-device loader's rate at CIFAR's shape.
+        rate = measure_data_throughput(str(dev), batch_size=batch_size, num_images=16 * batch_size,
+                                       compare_dataloader=False)["data_images_per_s"]
+        return {"build_s": 0.0, "batch_s": batch_size / rate}
+    started = time.perf_counter()
+    splits = data.build(spec, root=root, device=dev, seed=0, batch_size=batch_size,
+                        eval_batch_size=eval_batch_size, channels_last=channels_last)
+    devices.synchronize(dev)
+    build_s = time.perf_counter() - started
+    batches = iter(())
+
+    def next_batch() -> None:
+        nonlocal batches
+        try:
+            next(batches)
+        except StopIteration:
+            batches = splits.train.epoch(0)
+            next(batches)
+
+    return {"build_s": build_s, "batch_s": settled_seconds(next_batch, dev, quick)[0]}
 
 
 def cli_bench(args: argparse.Namespace) -> int:
@@ -183,7 +343,7 @@ def cli_bench(args: argparse.Namespace) -> int:
                 console().print(f"{key}: {value:,.1f}" if isinstance(value, float) else f"{key}: {value}")
         return 0
     result = measure(
-        args.teacher, args.student, [m.strip() for m in args.methods.split(",") if m.strip()],
+        args.teacher, args.student, method_list(args.methods),
         batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps, device=args.device,
         precision=args.precision, compile=args.compile, channels_last=args.channels_last,
         num_classes=args.num_classes, separate=not args.no_separate,
@@ -198,22 +358,28 @@ def cli_bench(args: argparse.Namespace) -> int:
 def _print_result(r: dict[str, Any]) -> None:
     from rich.table import Table
 
+    precision = r["precision"] + (f" ({r['precision_requested']})" if "precision_requested" in r else "")
     table = Table(title=f"{r['teacher']} → {r['student']}, batch {r['batch_size']}, {r['device']} "
-                        f"({r['device_name']}), {r['precision']}"
+                        f"({r['device_name']}), {precision}"
                         f"{', channels-last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}")
     table.add_column("mode")
     table.add_column("students", justify="right")
     table.add_column("images/s, all students", justify="right")
     table.add_column("images/s per student", justify="right")
     k = r["cohort_size"]
-    table.add_row("cohort (one teacher forward)", str(k), f"{r['student_images_per_s']:,.1f}",
+    table.add_row("cohort (one teacher forward per view)", str(k), f"{r['student_images_per_s']:,.1f}",
                   f"{r['student_images_per_s'] / k:,.1f}")
     if "separate_student_images_per_s" in r:
         table.add_row("one at a time", str(k), f"{r['separate_student_images_per_s']:,.1f}",
                       f"{r['separate_student_images_per_s'] / k:,.1f}")
     console().print(table)
+    for method, views in r.get("views", {}).items():
+        console().print(f"{method} trains on {len(views)} views ({', '.join(views)}) per image; random images stand "
+                        "in for the strong view (its host augmentation is not timed here)")
     if "speedup" in r:
         console().print(f"cohort speed-up: {r['speedup']:.2f}×")
-    console().print(f"achieved: {r['cohort_tflops'] * 1e3:,.1f} GFLOP/s (from the models' MACs), "
-                    f"{100 * r['share_of_gemm_peak']:.0f}% of this device's {r['precision']} matmul peak "
-                    f"({r['gemm_peak_tflops'] * 1e3:,.1f} GFLOP/s, a large GEMM measured in the same run)")
+    peak = ""
+    if "gemm_peak_tflops" in r:
+        peak = (f", {100 * r['share_of_gemm_peak']:.0f}% of this device's {r['precision']} matmul peak "
+                f"({r['gemm_peak_tflops'] * 1e3:,.1f} GFLOP/s, a large GEMM measured in the same run)")
+    console().print(f"achieved: {r['cohort_tflops'] * 1e3:,.1f} GFLOP/s (from the models' MACs){peak}")

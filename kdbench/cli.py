@@ -130,13 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--teacher", default="resnet32x4", help="teacher architecture (default: resnet32x4)")
     bench.add_argument("--student", default="resnet8x4", help="student architecture (default: resnet8x4)")
     bench.add_argument("--methods", default="kd,dkd,normkd,label_swap,rld",
-                       help="comma-separated methods trained as one cohort (default: kd,dkd,normkd,label_swap,rld)")
+                       help="comma-separated methods trained as one cohort, or 'all' for every registered method "
+                            "(default: kd,dkd,normkd,label_swap,rld); multi-view methods (mlkd) get random images "
+                            "as their strong view")
     bench.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
     bench.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on cpu, 200 on cuda)")
     bench.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default: 3 on cpu, 20 on cuda)")
     bench.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    bench.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                       help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler per member")
+    bench.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                       help="fp32 (default), bf16 autocast, fp16 autocast with a gradient scaler per member, or auto "
+                            "(bf16 where the device runs it natively, else fp32)")
     bench.add_argument("--compile", action="store_true", help="torch.compile the models")
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     bench.add_argument("--num-classes", type=int, default=100, help="classes (default: 100)")
