@@ -72,9 +72,10 @@ def print_summary(grid: config.Grid, runs: list[plan.Run], layout: Layout, quiet
     return 1 if failed else 0
 
 
-def print_plan(grid: config.Grid, runs: list[plan.Run], layout: Layout, device: str) -> int:
-    """The dry-run table: cohorts, their runs' states, and a time estimate."""
-    from kdbench.estimate import estimate_seconds, format_duration
+def print_plan(grid: config.Grid, runs: list[plan.Run], layout: Layout, device: str,
+               data_root: Path | None = None) -> int:
+    """The dry-run table: cohorts, their runs' states, and a time estimate (teachers and start-up included)."""
+    from kdbench.estimate import CACHE, estimate, format_duration
 
     watch = LockWatch()
     states = {r.run_id: run_state(layout, r.run_id, watch) for r in runs}
@@ -82,7 +83,7 @@ def print_plan(grid: config.Grid, runs: list[plan.Run], layout: Layout, device: 
     table = Table(title=f"plan of grid '{grid.name}' ({grid.source})")
     for column in ("cohort", "teacher", "students", "seed", "runs", "done", "partial", "new", "estimate"):
         table.add_column(column, justify="right" if column in ("seed", "runs", "done", "partial", "new") else "left")
-    estimates = estimate_seconds(grid, cohorts, states, device, cache_dir=layout.results)
+    found = estimate(grid, cohorts, states, device, layout, data_root)
 
     def count(cohort_runs, *kinds) -> int:
         return sum(1 for r in cohort_runs if states[r.run_id][0] in kinds)
@@ -93,16 +94,24 @@ def print_plan(grid: config.Grid, runs: list[plan.Run], layout: Layout, device: 
             cohort.cohort_id[:8], cohort.teacher_config["arch"] if cohort.teacher_config else "—", students,
             str(cohort.seed), str(len(cohort.runs)), str(count(cohort.runs, RunState.DONE, RunState.FAILED)),
             str(count(cohort.runs, RunState.PARTIAL, RunState.RUNNING, RunState.DAMAGED)),
-            str(count(cohort.runs, RunState.NEW)), format_duration(estimates.get(cohort.cohort_id)),
+            str(count(cohort.runs, RunState.NEW)), format_duration(found.cohort(cohort.cohort_id) or 0.0),
         )
     console().print(table)
-    total = sum(v for v in estimates.values() if v is not None)
+    parts = [f"{job.label} ({job.epochs} epochs, trained in the grid): {format_duration(s)}"
+             for job, s in found.jobs if job.cohort_id is None]
+    if found.jobs:
+        parts.append(f"start-up (process, first calls of each shape): {format_duration(found.startup)}")
     console().print(
         f"{len(runs)} runs = {len({r.pair for r in runs})} pairs × {len({r.variant for r in runs})} method variants "
         f"× {len(grid.seeds)} seeds, in {len(cohorts)} cohorts; "
         f"{count(runs, RunState.DONE, RunState.FAILED)} finished, "
         f"{count(runs, RunState.PARTIAL, RunState.RUNNING, RunState.DAMAGED)} partial, {count(runs, RunState.NEW)} new. "
-        f"Estimated time left on {device}: {format_duration(total)} (one worker; measured with `kdbench bench`)."
+        f"Estimated time left on {device}: {format_duration(found.total)} (one worker"
+        + (f"; cohorts {format_duration(sum(s for j, s in found.jobs if j.cohort_id))}, " + ", ".join(parts)
+           if found.jobs else "")
+        + (f"; costs measured in {found.measuring:.0f} s, cached in {layout.results / CACHE})"
+           if found.jobs else ")"),
+        soft_wrap=True,
     )
     return 0
 
