@@ -97,6 +97,11 @@ def recipe_lines(grid: config.Grid, runs: list[plan.Run], device_names: list[str
     return lines + plan.protocol_lines(grid, runs)
 
 
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
+        console().print(line, markup=False, soft_wrap=True)
+
+
 def cli_run(args: argparse.Namespace) -> int:
     """The `kdbench run` subcommand."""
     from kdbench import data
@@ -108,13 +113,12 @@ def cli_run(args: argparse.Namespace) -> int:
     device_names = devices.parse_many(args.device)
     for name in device_names:
         precision.check(name, grid.options["precision"])  # bf16 on a GPU without it: one line, exit 2
-    if distributed.is_main() and not getattr(args, "worker", False):
-        for line in recipe_lines(grid, runs, device_names):
-            console().print(line, markup=False, soft_wrap=True)
+    says = distributed.is_main() and not getattr(args, "worker", False)
     if grid.options["deterministic"]:
         # cuBLAS reads this once, when CUDA starts: set it before any worker (or this process) does.
         os.environ.update({k: v for k, v in DETERMINISTIC_ENV.items() if k not in os.environ})
     if args.dry_run:
+        _print_lines(recipe_lines(grid, runs, device_names) if says else [])
         return print_plan(grid, runs, layout, device_names[0])
     check_writable(layout.grid_dir)
     data_root = data.resolve_root(spec.data_dir, grid.data_root)
@@ -128,6 +132,8 @@ def cli_run(args: argparse.Namespace) -> int:
     todo = [r for r in runs if states[r.run_id] in (RunState.NEW, RunState.PARTIAL)
             or (states[r.run_id] == RunState.FAILED and spec.retry_failed)
             or (states[r.run_id] == RunState.RUNNING and watch.observe(layout.lock(r.run_id)).foreign)]
+    if todo and says:
+        _print_lines(recipe_lines(grid, todo, device_names))
     if not todo and not getattr(args, "worker", False):
         running = sum(1 for s in states.values() if s == RunState.RUNNING)
         if running:
