@@ -15,7 +15,7 @@ from kdbench import KdbenchError, methods
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld",
-            "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd"}
+            "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd", "luminet", "crld"}
 
 
 @pytest.fixture
@@ -82,6 +82,9 @@ def test_describe_reads_the_docstring_and_signature():
     ("ctkd", {"ce_weight": 0.1, "kd_weight": 0.9, "t_start": 1.0, "t_end": 20.0, "lambda_start": 0.0,
               "lambda_end": -1.0, "lambda_epochs": 10, "standardize": False}),
     ("mlkd", {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9, "standardize": False}),
+    ("luminet", {"alpha": 33.0, "temperature": 4.0, "ce_weight": 2.0, "warmup": 20}),
+    ("crld", {"temperature": 4.0, "ce_weight": 1.0, "within_weight": 2.0, "cross_weight": 0.5, "tau_weak": 0.9,
+              "tau_strong": 0.2}),
 ])
 def test_hyper_parameter_names_and_defaults(name, defaults):
     assert methods.resolve_hparams(name) == defaults
