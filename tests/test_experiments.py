@@ -19,10 +19,10 @@ def test_every_grid_is_valid(path):
 def test_the_paper_grid():
     grid = config.load_grid(EXPERIMENTS / "cifar100_grid.yaml")
     runs = plan.plan(grid)
-    assert len({r.pair for r in runs}) == 14 and len({r.variant for r in runs}) == 14 and grid.seeds == [0, 1, 2]
-    assert len(runs) == 14 * 14 * 3
+    assert len({r.pair for r in runs}) == 14 and len({r.variant for r in runs}) == 16 and grid.seeds == [0, 1, 2]
+    assert len(runs) == 14 * 16 * 3
     assert {r.variant for r in runs} == {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld",
-                                         "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd"}
+                                         "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd", "luminet", "crld"}
     assert len(plan.cohorts(runs)) == 6 * 3  # one cohort per teacher and seed
     beta = {r.pair: r.config["hparams"]["beta"] for r in runs if r.method == "dkd"}
     assert beta["resnet56->resnet20"] == beta["resnet110->resnet32"] == beta["resnet110->resnet20"] == 2.0
@@ -40,7 +40,7 @@ def test_the_paper_grid():
 def test_the_fashion_mnist_grid_trains_its_teacher():
     grid = config.load_grid(EXPERIMENTS / "fashion_mnist.yaml")
     runs = plan.plan(grid)
-    assert len(runs) == 14 * 3 and all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
+    assert len(runs) == 16 * 3 and all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
 
 
 def test_the_imagenet_grid_is_the_reference_recipe():

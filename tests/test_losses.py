@@ -65,7 +65,8 @@ def test_golden_values_and_gradients_match_the_official_code(case):
 
 
 def test_goldens_cover_every_method_and_the_schedules():
-    covered = {case["method"] for case in GOLDEN}
+    wave3 = json.loads((FIXTURES / "losses_golden_wave3.json").read_text())["cases"]
+    covered = {case["method"] for case in GOLDEN + wave3}
     assert covered == set(methods.available())
     classes = {name: {_shape(c)[1] for c in GOLDEN if c["method"] == name} for name in covered}
     for name in ("dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd"):
