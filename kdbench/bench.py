@@ -182,13 +182,14 @@ def gemm_peak_tflops(device: torch.device, precision: str, size: int | None = No
 def windows(device: torch.device, quick: bool) -> tuple[int, int, int, float]:
     """(warm-up calls, calls per window, windows, seconds after which no new window starts).
 
-    A quick probe times a couple of windows; a full measurement takes the fastest of more.
-    A GPU's windows hold many steps (a sync per window); a CPU's hold one, since its calls
-    are synchronous and the fastest single call best escapes other jobs' load.
+    A quick probe times one window; a full measurement takes the fastest of several. A
+    window of a few calls evens out the jitter of single calls (the fastest single call
+    runs a tenth or more below the typical one), and the fastest window leaves out the
+    spells in which other jobs held the cores.
     """
     if device.type == "cuda":
         return 10, 10, 1 if quick else 5, 2.0 if quick else 5.0
-    return 3, 1, 2 if quick else 6, 1.0 if quick else 2.0
+    return 3, 3, 1 if quick else 4, 1.0 if quick else 2.0
 
 
 def settled_seconds(fn: Callable[[], Any], device: torch.device, quick: bool = False) -> tuple[float, float]:
