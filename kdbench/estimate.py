@@ -1,21 +1,19 @@
 """Time estimates for `kdbench run --dry-run`: the work a grid has left, times measured costs.
 
-`work` lists what one worker will train, in its order: the teachers the grid trains itself
-(`checkpoint: train`, not yet on disk) and each cohort from the epoch its members have
-reached. `seconds` prices that work with `Costs`, by arithmetic alone (unit-tested with
-fake costs); `measure_costs` fills `Costs` on this device, in the precision the runs
-resolve to, and caches them in `<results>/.step_costs.json`.
+`work` lists what one worker will train, in order: the teachers the grid trains itself
+(`checkpoint: train`, not on disk yet), then each cohort from the epoch its members reached.
+`seconds` prices it with `Costs` by arithmetic alone; `measure_costs` measures them on the
+device, in the precision the runs resolve to, cached in `<results>/.step_costs.json`.
 
-The model, per epoch of a cohort: every batch costs the loader's batch, one teacher
-forward per view that a member needing the teacher trains on, and each member's training
-step once per view it trains on (MLKD: weak and strong) plus its loss's own cost. MLKD's
-strong view is made on the host by worker processes while the device trains: the epoch
-takes at least the time they need, and on a CPU they share its cores with the training.
-Then each member is evaluated on the test (and validation) images, and its record written.
-A cohort starts by building its members, evaluating its teacher twice on the test set
-(`teacher_correctness`, `evaluate`), and, when its dataset differs from the previous
-cohort's, loading the dataset (and starting the strong view's workers). A run starts a
-process (imports), and pays once per shape the first, slow calls that choose kernels.
+Per epoch of a cohort, every batch costs the loader's batch, one teacher forward per view
+that a member needing the teacher trains on, and each member's training step once per view
+(MLKD: weak and strong) plus its loss's own cost. Host workers make MLKD's strong view
+meanwhile: the epoch lasts at least as long as they take, and on a CPU they share its cores.
+Then every member is evaluated on the test (and validation) images and its record written.
+A cohort starts by building its members, evaluating its teacher twice on the test set, and,
+when its dataset differs from the previous job's, loading it (and starting the strong view's
+workers: a process start). A run starts a process, and pays once per shape the slow first
+calls. Costs are minima over repeats: the estimate is for a machine with nothing else to do.
 """
 
 from __future__ import annotations

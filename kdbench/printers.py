@@ -97,7 +97,7 @@ def print_plan(grid: config.Grid, runs: list[plan.Run], layout: Layout, device: 
             str(count(cohort.runs, RunState.NEW)), format_duration(found.cohort(cohort.cohort_id) or 0.0),
         )
     console().print(table)
-    parts = [f"{job.label} ({job.epochs} epochs, trained in the grid): {format_duration(s)}"
+    parts = [f"{job.label} ({job.epochs} epoch{'s' if job.epochs != 1 else ''}, trained in the grid): {format_duration(s)}"
              for job, s in found.jobs if job.cohort_id is None]
     if found.jobs:
         parts.append(f"start-up (process, first calls of each shape): {format_duration(found.startup)}")
