@@ -119,7 +119,8 @@ def cli_run(args: argparse.Namespace) -> int:
         os.environ.update({k: v for k, v in DETERMINISTIC_ENV.items() if k not in os.environ})
     if args.dry_run:
         _print_lines(recipe_lines(grid, runs, device_names) if says else [])
-        return print_plan(grid, runs, layout, device_names[0])
+        return print_plan(grid, runs, layout, device_names[0],
+                          data_root=data.resolve_root(spec.data_dir, grid.data_root))
     check_writable(layout.grid_dir)
     data_root = data.resolve_root(spec.data_dir, grid.data_root)
     with writing():
