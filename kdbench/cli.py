@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command in ("run", "status", "verify"):
-        from kdbench import commands
+        from kdbench.launch import commands
 
         return {"run": commands.cli_run, "status": commands.cli_status, "verify": commands.cli_verify}[args.command](args)
     if args.command in ("report", "compare"):
@@ -222,19 +222,19 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         return report_cli.cli_report(args) if args.command == "report" else report_cli.cli_compare(args)
     if args.command == "list":
-        from kdbench import listing
+        from kdbench.tools import listing
 
         return listing.cli_list(args)
     if args.command == "bench":
-        from kdbench import bench
+        from kdbench.tools import bench
 
         return bench.cli_bench(args)
     if args.command == "doctor":
-        from kdbench import doctor
+        from kdbench.doctor import command as doctor
 
         return doctor.cli_doctor(args)
     if args.command == "teachers":
-        from kdbench import teachers
+        from kdbench.teachers import command as teachers
 
         return teachers.cli_teachers(args)
     raise AssertionError(args.command)

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from kdbench import records
+from kdbench.runs import records
 from kdbench.errors import KdbenchError
 
 __all__ = [

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench import losses
+from kdbench.methods import losses
 from kdbench.methods import register
 
 

@@ -1,7 +1,7 @@
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench import losses
+from kdbench.methods import losses
 from kdbench.methods import register
 
 

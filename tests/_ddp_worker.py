@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from kdbench import distributed, methods, models
-from kdbench.recipe import Schedule
-from kdbench.teacher_ref import TeacherRef, TeacherSource
-from kdbench.train import CohortSpec, train_cohort
-from kdbench.trainee import Member, Trainee, shard_loss
+from kdbench import methods, models
+from kdbench.train import distributed
+from kdbench.grid.recipe import Schedule
+from kdbench.runs.teacher_files import TeacherRef, TeacherSource
+from kdbench.train.cohort import CohortSpec, train_cohort
+from kdbench.train.trainee import Member, Trainee, shard_loss
 
 # (method, global batch): odd batches give shares of 4 and 3 rows.
 GRAD_CASES = [("dist", 8), ("dist", 7), ("mlkd", 8), ("mlkd", 7), ("label_revision", 7), ("kd", 7), ("ctkd", 7)]

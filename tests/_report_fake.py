@@ -16,7 +16,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from kdbench import atomic, methods, records
+from kdbench import methods
+from kdbench.core import atomic
+from kdbench.runs import records
 
 def _hparams(variant: str) -> tuple[str, dict[str, Any]]:
     """(method, full hyper-parameters) of a variant label: the registered method's defaults."""

@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from kdbench import bench, cli, methods
-from kdbench.precision import resolve
+from kdbench import cli, methods
+from kdbench.tools import bench
+from kdbench.train.precision import resolve
 
 TINY = dict(batch_size=4, steps=1, warmup_steps=0, device="cpu", num_classes=5, image_size=8, gemm_peak=False)
 

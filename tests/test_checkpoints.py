@@ -200,8 +200,8 @@ def test_torchvision_teachers_are_pinned_to_the_v1_weights():
 
 
 def test_a_torchvision_teacher_names_its_weights_and_hashes_their_file(tmp_path, monkeypatch):
-    from kdbench.records import Layout
-    from kdbench.teacher_ref import TeacherRef, verify_teacher
+    from kdbench.runs.records import Layout
+    from kdbench.runs.teacher_files import TeacherRef, verify_teacher
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     ref = TeacherRef.from_config({"arch": "resnet50_imagenet", "checkpoint": "torchvision"}, tmp_path,

@@ -3,7 +3,7 @@
 import torch
 import torch._dynamo.utils
 
-from kdbench.compiling import Compiled
+from kdbench.train.compiling import Compiled
 
 
 def test_the_optimizer_steps_of_a_large_cohort_all_stay_compiled():

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import KdbenchError, config
-from kdbench.config import load_grid, parse_grid
+from kdbench import KdbenchError
+from kdbench.grid import schema
+from kdbench.grid.config import load_grid, parse_grid
 
 SRC = "grid.yaml"
 
@@ -62,15 +63,15 @@ def test_valid_grid_is_resolved():
     assert grid.dataset["name"] == "synthetic" and grid.dataset["num_classes"] == 10
     assert grid.dataset["val_size"] == 0 and "split_seed" in grid.dataset
     assert grid.seeds == [0, 1]
-    assert grid.schedule == {**config.SCHEDULE_DEFAULTS, "epochs": 2, "milestones": [1]}  # scaled to 2 epochs
-    assert grid.options == config.OPTION_DEFAULTS
+    assert grid.schedule == {**schema.SCHEDULE_DEFAULTS, "epochs": 2, "milestones": [1]}  # scaled to 2 epochs
+    assert grid.options == schema.OPTION_DEFAULTS
     assert grid.data_root is None
     assert [v.label for v in grid.variants] == ["vanilla", "kd", "dkd"]
     kd = grid.variant("kd")
     assert kd.method == "kd" and kd.hparams["temperature"] == 4.0 and "ce_weight" in kd.hparams
     p0, p1 = grid.pairs
     assert p0.name == "resnet32x4->resnet8x4"
-    assert p0.teacher == config.Teacher("resnet32x4", "mdistiller", 0, grid.schedule)
+    assert p0.teacher == schema.Teacher("resnet32x4", "mdistiller", 0, grid.schedule)
     assert p0.variants == ("vanilla", "kd", "dkd")
     assert p0.hparams["dkd"]["beta"] == 8.0
     assert p1.hparams["dkd"]["beta"] == 2.0 and p1.methods == {"dkd": {"beta": 2.0}}
@@ -106,7 +107,7 @@ def test_defaults_and_full_schema():
     )
     grid = parse_grid(obj, SRC)
     assert grid.schedule["weight_decay"] == 0.0 and isinstance(grid.schedule["weight_decay"], float)
-    assert grid.teachers == config.TeacherDefaults("train", 3, {"epochs": 20})
+    assert grid.teachers == schema.TeacherDefaults("train", 3, {"epochs": 20})
     teacher = grid.pairs[0].teacher
     assert teacher.checkpoint == "train" and teacher.seed == 3
     assert teacher.schedule == {**grid.schedule, "epochs": 20}
@@ -533,7 +534,7 @@ def test_docstring_example_is_a_valid_grid(tmp_path):
     """The documented example (copied into the README) must itself load."""
     import textwrap
 
-    doc = config.__doc__
+    doc = schema.__doc__
     example = textwrap.dedent(doc[doc.index("    name:"):doc.index("Rules:")])
     path = tmp_path / "example.yaml"
     path.write_text(example)
@@ -542,11 +543,16 @@ def test_docstring_example_is_a_valid_grid(tmp_path):
     assert [v.label for v in grid.variants][3:6] == ["rld(beta=2)", "rld(beta=4)", "rld(beta=8)"]
 
 
-def test_readme_grid_example_is_a_valid_grid(tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## The grid format"):]
+def test_guide_grid_example_is_a_valid_grid(tmp_path):
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    section = guide[guide.index("## The grid format"):]
     start = section.index("```yaml\n") + len("```yaml\n")
     path = tmp_path / "example.yaml"
     path.write_text(section[start:section.index("```", start)])
     grid = load_grid(path)
     assert [v.label for v in grid.variants][-1] == "mlkd_own" and grid.variants[-1].protocol == "own"
+
+
+def test_the_docs_grid_reference_is_generated_from_the_schema():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "grid-reference.md").read_text(encoding="utf-8")
+    assert page == schema.reference_markdown(), "run: python -m kdbench.grid.schema docs/grid-reference.md"

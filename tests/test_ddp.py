@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench import distributed, methods
-from kdbench.trainee import shard_loss
+from kdbench import methods
+from kdbench.train import distributed
+from kdbench.train.trainee import shard_loss
 
 from _ddp_worker import EPOCH, GRAD_CASES, grad_inputs, unwrap
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdbench import cli, doctor, doctor_checks, doctor_disk, doctor_quick
+from kdbench import cli
+from kdbench.doctor import command as doctor, checks as doctor_checks, installed as doctor_disk, quick as doctor_quick
 from kdbench.data import cifar100
-from kdbench.doctor_checks import Check
-from kdbench.faults import CohortFault
-from kdbench.teacher_ref import RELEASE_RECORD
+from kdbench.doctor.checks import Check
+from kdbench.runs.faults import CohortFault
+from kdbench.runs.teacher_files import RELEASE_RECORD
 
 REPO = Path(__file__).resolve().parents[1]
 MARKS = ("✓ ", "✗ ")

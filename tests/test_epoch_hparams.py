@@ -6,14 +6,15 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from kdbench import KdbenchError, commands, plan
-from kdbench.config import parse_grid
-from kdbench.recipe import merge_schedule, scale_epochs, scaled_milestones
+from kdbench import KdbenchError
+from kdbench.launch import commands
+from kdbench.grid import plan
+from kdbench.grid.config import parse_grid
+from kdbench.grid.recipe import merge_schedule, scale_epochs, scaled_milestones
 from kdbench.report.prepare import epoch_hparam_notes
 
 SRC = "grid.yaml"
@@ -168,7 +169,7 @@ def test_run_says_what_the_rule_changed_and_warns_of_what_exceeds_the_schedule()
 
 
 def test_precision_lines(monkeypatch):
-    from kdbench import precision
+    from kdbench.train import precision
 
     g = parse_grid(grid(schedule={"epochs": 240}, options={"precision": "bf16"}), SRC)
     monkeypatch.setattr(precision, "cpu_instructions", lambda kind: [])
@@ -183,7 +184,7 @@ def test_precision_lines(monkeypatch):
 
 
 def test_auto_precision_resolves_per_device(monkeypatch):
-    from kdbench import precision
+    from kdbench.train import precision
 
     monkeypatch.setattr(precision, "cpu_instructions", lambda kind: [])
     assert precision.resolve("cpu", "auto") == "fp32" and precision.resolve("cpu", "bf16") == "bf16"

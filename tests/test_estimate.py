@@ -10,9 +10,10 @@ import math
 import pytest
 import yaml
 
-from kdbench import config, estimate, plan
-from kdbench.estimate import Costs, Job, Student
-from kdbench.records import Layout, RunState
+from kdbench.grid import config, plan, schema
+from kdbench.launch import estimate
+from kdbench.launch.estimate import Costs, Job, Student
+from kdbench.runs.records import Layout, RunState
 
 VANILLA = estimate.loss_key("vanilla", {})
 KD = estimate.loss_key("kd", {"temperature": 4.0})
@@ -121,7 +122,7 @@ def test_teacher_training_costs_its_epochs_and_evaluations():
 # -- the work a plan leaves ---------------------------------------------------------------------
 
 
-def synthetic_grid(tmp_path, **options) -> config.Grid:
+def synthetic_grid(tmp_path, **options) -> schema.Grid:
     grid = {
         "name": "est",
         "dataset": {"name": "synthetic", "num_classes": 5, "train_size": 100, "test_size": 40, "image_size": 8},
@@ -211,7 +212,7 @@ def test_a_cache_of_another_version_or_unreadable_is_measured_afresh(tmp_path):
 
 
 def test_measure_costs_on_a_tiny_grid_are_positive_cached_and_remeasured_when_inflated(tmp_path, monkeypatch):
-    from kdbench import bench
+    from kdbench.tools import bench
 
     monkeypatch.setattr(bench, "windows", lambda device, quick: (1, 1, 1, 0.0))  # one warm-up call, one timed
     grid = synthetic_grid(tmp_path, precision="auto", eval_batch_size=32)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import config, plan
+from kdbench.grid import config, plan
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

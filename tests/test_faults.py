@@ -16,8 +16,12 @@ import pytest
 import torch
 import yaml
 
-from kdbench import atomic, cli, models, records, train, worker
-from kdbench.records import ERROR_LOG
+from kdbench import cli, models
+from kdbench.core import atomic
+from kdbench.runs import records
+from kdbench.train import cohort as train
+from kdbench.launch import worker
+from kdbench.runs.records import ERROR_LOG
 
 pytestmark = pytest.mark.slow
 
@@ -287,8 +291,8 @@ def test_an_unreadable_lock_is_taken_over_after_the_stale_period(partial_grid, c
     assert code == 0 and "lock file unreadable" in out
     code, out, _ = kdbench(capsys, "verify", partial_grid, "--results-dir", partial_grid.parent / "results")
     assert code == 1 and f"{folder.name}: lock file" in out and "unreadable" in out
-    monkeypatch.setattr("kdbench.locks.STALE_AFTER_SECONDS", 1.0)
-    monkeypatch.setattr("kdbench.locks.HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr("kdbench.runs.locks.STALE_AFTER_SECONDS", 1.0)
+    monkeypatch.setattr("kdbench.runs.locks.HEARTBEAT_SECONDS", 0.2)
     code, out, _ = run(capsys, partial_grid, "--only", folder.name)  # nothing else to do: it waits
     assert code == 0 and summary(folder)["status"] == "done"
     assert "waiting for 1 runs held by unreadable" in out

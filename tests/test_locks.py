@@ -5,8 +5,8 @@ import os
 import socket
 import time
 
-from kdbench import locks
-from kdbench.locks import LockState, LockWatch, Owner
+from kdbench.runs import locks
+from kdbench.runs.locks import LockState, LockWatch, Owner
 
 
 class Clock:

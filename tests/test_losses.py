@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench import losses, methods
+from kdbench import methods
+from kdbench.methods import losses
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = json.loads((FIXTURES / "losses_golden.json").read_text())["cases"]

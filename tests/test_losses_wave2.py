@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench import losses, methods
+from kdbench import methods
+from kdbench.methods import losses
 from test_losses import _rows
 
 WAVE2 = ["dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd"]

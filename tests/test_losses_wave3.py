@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench import losses, methods
+from kdbench import methods
 from test_losses_wave2 import _extreme, inputs, total
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -5,7 +5,8 @@ Set KDBENCH_METHODS_PATH to a folder of your own method files to check them too.
 
 import pytest
 
-from kdbench import conformance, methods
+from kdbench import methods
+from kdbench.methods import conformance
 
 
 @pytest.mark.parametrize("name", methods.available())

@@ -242,7 +242,7 @@ def test_readme_example_is_a_complete_method_under_25_lines(tmp_path):
     assert len(code.strip().splitlines()) < 25
     (tmp_path / "my_method.py").write_text(code)
     result = subprocess.run(
-        [sys.executable, "-c", "from kdbench import methods, conformance; "
+        [sys.executable, "-c", "from kdbench import methods; from kdbench.methods import conformance; "
          f"new = set(methods.available()) - set({sorted(BUILTINS)!r}); "
          "assert len(new) == 1, new; conformance.check(new.pop()); print('ok')"],
         capture_output=True, text=True, env={**os.environ, methods.ENV_PATH: str(tmp_path)}, timeout=120,
@@ -279,10 +279,10 @@ def test_cli_lists_the_fourteen_methods_with_their_defaults():
 
 
 def test_readme_method_table_is_the_generated_one():
-    from kdbench import listing
+    from kdbench.tools import listing
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert listing.readme_with_methods(readme) == readme, "run: python -m kdbench.listing README.md"
+    assert listing.readme_with_methods(readme) == readme, "run: python -m kdbench.tools.listing README.md"
     table = listing.methods_markdown()
     for name in BUILTINS:
         assert f"| `{name}` |" in table
@@ -290,7 +290,7 @@ def test_readme_method_table_is_the_generated_one():
 
 
 def test_unregister_forgets_a_method_and_its_aliases():
-    from kdbench.registry import Registry
+    from kdbench.core.registry import Registry
 
     registry = Registry("method")
     registry.add("mine", object, source="a.py", aliases=("my",))

@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from kdbench import KdbenchError, config, overrides, plan
+from kdbench import KdbenchError
+from kdbench.grid import config, overrides, plan, yaml_io
 from kdbench.cli import build_parser
-from kdbench.overrides import load_grid, parse_override
+from kdbench.grid.overrides import load_grid, parse_override
 
 GRID = """\
 name: g
@@ -235,7 +236,7 @@ def test_plain_load_keeps_the_file_text(grid_file):
 
 def test_dumped_strings_that_look_like_floats_stay_strings():
     obj = {"a": "1e5", "b": 1e5, "c": "5e-4", "d": [0.0005, "auto", None, True]}
-    assert config.parse_yaml(config.dump_yaml(obj), "x") == obj
+    assert yaml_io.parse_yaml(yaml_io.dump_yaml(obj), "x") == obj
 
 
 def test_override_name_hashes_paths_and_values():

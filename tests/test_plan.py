@@ -9,9 +9,9 @@ import json
 import pandas as pd
 import pytest
 
-from kdbench.config import parse_grid
-from kdbench.recipe import lr_for
-from kdbench.plan import (
+from kdbench.grid.config import parse_grid
+from kdbench.grid.recipe import lr_for
+from kdbench.grid.plan import (
     Run, canonical_json, cohorts, config_hash, describe_plan, plan, teacher_training_config,
     teacher_training_id,
 )

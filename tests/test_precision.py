@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench import methods, precision
+from kdbench import methods
+from kdbench.train import precision
 from kdbench.errors import KdbenchError
-from kdbench.recipe import Options
-from kdbench.train import CohortSpec, train_cohort
-from kdbench.trainee import Trainee, build_student
+from kdbench.grid.recipe import Options
+from kdbench.train.cohort import CohortSpec, train_cohort
+from kdbench.train.trainee import Trainee, build_student
 
 from test_train import (  # noqa: F401 (splits is a fixture)
     SPEC, TEACHER, assert_same_results, member, splits, steps_without_host_sync, teacher_model,

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import config, methods, plan
-from kdbench.config import parse_grid
+from kdbench import methods
+from kdbench.grid import config, plan
+from kdbench.grid.config import parse_grid
 from kdbench.errors import KdbenchError
 
 SRC = "grid.yaml"

@@ -11,8 +11,9 @@ import warnings
 import pytest
 import torch
 
-from kdbench import provenance
-from kdbench.provenance import DeterminismWarning, NondeterminismRecorder, set_deterministic
+from kdbench.runs import environment as provenance
+from kdbench.train import determinism
+from kdbench.train.determinism import DeterminismWarning, NondeterminismRecorder, set_deterministic
 
 KEYS = {
     "kdbench", "torch", "cuda", "device_name", "git_commit", "git_dirty", "python", "hostname", "threads",
@@ -123,15 +124,15 @@ def test_recorder_sees_an_alert_already_shown_before_it():
 
 
 def test_alert_op_names_the_op():
-    assert provenance.alert_op(
+    assert determinism.alert_op(
         "adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set "
         "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at ...") == \
         "adaptive_avg_pool2d_backward_cuda"
-    assert provenance.alert_op(
+    assert determinism.alert_op(
         "Deterministic behavior was enabled with either `torch.use_deterministic_algorithms(True)` or "
         "`at::Context::setDeterministicAlgorithms(true)`, but this operation is not deterministic because it "
-        "uses CuBLAS and you have set CUBLAS_WORKSPACE_CONFIG=None.") == provenance.CUBLAS_OP
-    assert provenance.alert_op("torch.compile is unavailable here") is None
+        "uses CuBLAS and you have set CUBLAS_WORKSPACE_CONFIG=None.") == determinism.CUBLAS_OP
+    assert determinism.alert_op("torch.compile is unavailable here") is None
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import records, results
-from kdbench.records import Failure, RecordError, Status, Summary
+from kdbench import results
+from kdbench.runs import records
+from kdbench.runs.records import Failure, RecordError, Status, Summary
 
 REPO = Path(__file__).resolve().parents[1]
 V01 = Path(__file__).parent / "fixtures" / "results_v0_1"

@@ -73,3 +73,4 @@ def test_unknown_grid_lists_the_known_ones(tmp_path):
     write_run(tmp_path, "g1", variant="kd", pair="t->s", seed=0, final_top1=71.0)
     with pytest.raises(KdbenchError, match="grids there: g1"):
         results.load(tmp_path, grid="nope")
+

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import methods
-from kdbench.faults import DEBUG_ENV
-from kdbench.train import CohortSpec, train_cohort
+from kdbench.runs.faults import DEBUG_ENV
+from kdbench.train.cohort import CohortSpec, train_cohort
 
 from test_runner import ONE_THREAD, kdbench, summaries, write_grid  # noqa: F401 (kdbench: a fixture)
 from test_train import SPEC, TEACHER, member, splits, strip, teacher_model  # noqa: F401 (a fixture)

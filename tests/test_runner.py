@@ -185,8 +185,8 @@ def test_torchrun_trains_with_ddp(tmp_path):
 
 def test_submitit_local_executor(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
-    from kdbench.launch import SlurmOptions, submit_slurm
-    from kdbench.worker_spec import WorkerSpec
+    from kdbench.launch.executors import SlurmOptions, submit_slurm
+    from kdbench.launch.spec import WorkerSpec
 
     grid = write_grid(tmp_path, epochs=1, seeds=(0,), methods=("kd",))
     monkeypatch.chdir(tmp_path)

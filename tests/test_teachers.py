@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from kdbench import cli, models, teachers
+from kdbench import cli, models
+from kdbench.teachers import command as teachers
 
 SPEC = {"name": "synthetic", "num_classes": 10, "train_size": 96, "test_size": 64, "image_size": 16, "channels": 3}
 
@@ -86,7 +87,7 @@ def test_bench_reports_cohort_and_separate_throughput(capsys, args):
         assert result["cohort_size"] == 2 and result["device"] == "cpu" and result["precision"] == "fp32"
         assert result["share_of_gemm_peak"] == pytest.approx(result["cohort_tflops"] / result["gemm_peak_tflops"])
     else:
-        assert "cohort (one teacher forward)" in out and "one at a time" in out
+        assert "cohort (one teacher forward per view)" in out and "one at a time" in out
         assert "GFLOP/s (from the models' MACs)" in out and "% of this device's fp32 matmul peak" in out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import teachers
+from kdbench.teachers import command as teachers
 from kdbench.data.files import safe_extract_tar
 from kdbench.errors import KdbenchError
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import once, tracking
-from kdbench.tracking import TrackingWarning, open_sinks, scalar_tags
+from kdbench.core import once
+from kdbench.train import tracking
+from kdbench.train.tracking import TrackingWarning, open_sinks, scalar_tags
 
 
 def row(epoch: int, top1: float = 50.0) -> dict:

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import data, methods, models
-from kdbench.recipe import Options, Schedule
-from kdbench.teacher_ref import TeacherRef, TeacherSource
-from kdbench.train import CohortSpec, TrainingInterrupted, train_cohort
-from kdbench.trainee import Member, Trainee, build_student
+from kdbench.grid.recipe import Options, Schedule
+from kdbench.runs.teacher_files import TeacherRef, TeacherSource
+from kdbench.train.cohort import CohortSpec, TrainingInterrupted, train_cohort
+from kdbench.train.trainee import Member, Trainee, build_student
 
 SPEC = {"name": "synthetic", "num_classes": 10, "train_size": 160, "test_size": 64, "image_size": 16, "channels": 3}
 TIMING = {"epoch_seconds", "images_per_s"}

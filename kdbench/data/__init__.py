@@ -9,6 +9,8 @@ for images, targets, indices in splits.test: ...
 A spec is a name (`"cifar100"`) or a mapping (`{"name": "synthetic", "num_classes": 10}`).
 Its keys are the dataset class's `__init__` keyword arguments; every dataset takes
 `train_size`, `val_size` and `split_seed`.
+
+May import: errors, core, models.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from kdbench.data.base import Arrays, DataSplits, Dataset, _registry, register
 from kdbench.errors import KdbenchError
-from kdbench.hparams import Description, HParam, describe_class, resolve, signature_hparams
+from kdbench.core.hparams import Description, HParam, describe_class, resolve, signature_hparams
 
 # Importing the modules registers the built-in datasets. `imagenet` imports torchvision
 # lazily, inside its methods, so this stays cheap.
@@ -76,6 +78,24 @@ def instantiate(spec: str | Mapping[str, Any]) -> Dataset:
     resolved = resolve_spec(spec)
     values = {k: v for k, v in resolved.items() if k != "name"}
     return dataset_class(resolved["name"])(**values)
+
+
+def geometry(spec: str | Mapping[str, Any]) -> dict[str, int]:
+    """Classes, channels, image size and image counts of a dataset spec, without loading it."""
+    spec = resolve_spec(spec)
+    dataset = instantiate(spec)
+    val = spec.get("val_size") or 0
+    if dataset.split_sizes is not None:
+        full_train, test = dataset.split_sizes
+        train = min(spec.get("train_size") or full_train, full_train - val)
+    else:
+        train, test = (spec.get("train_size") or 0) - val, spec.get("test_size") or 0
+    return {
+        "num_classes": int(getattr(dataset, "num_classes", 0) or spec.get("num_classes", 0)),
+        "in_channels": int(getattr(dataset, "in_channels", 0) or spec.get("channels", 3)),
+        "image_size": int(getattr(dataset, "image_size", 0) or spec.get("image_size", 32)),
+        "train_images": int(train), "test_images": int(test), "val_images": int(val),
+    }
 
 
 def build(

@@ -22,7 +22,7 @@ import torch
 from kdbench.data.loaders import EvalLoader, TrainLoader
 from kdbench.data.splits import split_indices
 from kdbench.errors import KdbenchError
-from kdbench.registry import Registry
+from kdbench.core.registry import Registry
 
 _registry: "Registry[type[Dataset]]" = Registry("dataset")
 
@@ -91,6 +91,9 @@ class Dataset:
     # RandomCrop padding used for training augmentation (0 disables the crop).
     crop_padding: int = 4
     hflip: bool = True
+    # (training, test) images of the full dataset, for plans made without loading it; None
+    # where the spec gives them (synthetic).
+    split_sizes: tuple[int, int] | None = None
     # True when the train loader splits the data across DDP processes itself (it then gets
     # the per-process batch size); the on-device loaders are sharded by the trainer.
     shards_itself: bool = False

@@ -15,7 +15,7 @@ import torch
 
 from kdbench.data.cifar100 import Cifar100
 from kdbench.data.loaders import TrainLoader
-from kdbench.devices import synchronize
+from kdbench.core.devices import synchronize
 
 
 class _PilImages(torch.utils.data.Dataset):

@@ -114,6 +114,7 @@ class Cifar100(Dataset):
     """CIFAR-100: 50,000 train / 10,000 test 32×32 colour images, 100 classes."""
 
     num_classes = 100
+    split_sizes = (50_000, 10_000)
     in_channels = 3
     image_size = 32
     mean = (0.5071, 0.4867, 0.4408)

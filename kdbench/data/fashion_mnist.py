@@ -93,6 +93,7 @@ class FashionMnist(Dataset):
     """Fashion-MNIST: 60,000 train / 10,000 test grey images (28×28 padded to 32×32), 10 classes."""
 
     num_classes = 10
+    split_sizes = (60_000, 10_000)
     in_channels = 1
     image_size = 32
     # Mean and std of the 60,000 unpadded 28×28 training images, pixel values / 255,

@@ -174,6 +174,7 @@ class Imagenet(Dataset):
     """ImageNet-1k (ILSVRC2012) from `<root>/imagenet/{train,val}` class folders, 224×224."""
 
     num_classes = 1000
+    split_sizes = (1_281_167, 50_000)
     in_channels = 3
     image_size = 224
     mean = MEAN

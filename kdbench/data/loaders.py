@@ -286,7 +286,7 @@ class TrainLoader(_SplitOnDevice):
         `i` (its position in the original split) is drawn from `strong_seed(seed, epoch, i)`,
         so its view depends neither on the batch it falls in nor on `skip`, and drawing it
         leaves `epoch(epoch)` unchanged. `shard=(rank, world)` makes only the share of each
-        batch that `kdbench.distributed.shard` takes. The host work runs ahead in
+        batch that `kdbench.train.distributed.shard` takes. The host work runs ahead in
         `strong_workers` worker processes (threads when `strong_processes` is False; made
         inline when 0), started on first use and kept until `close()`; the first batches
         start at the call. The permutation is read to the host once per call; per batch

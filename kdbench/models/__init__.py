@@ -4,6 +4,8 @@
 and order equal the reference zoo's (mdistiller / RepDistiller), so the published
 teacher checkpoints load with `strict=True`; global pooling is adaptive, so 28x28 and
 1-channel inputs work too.
+
+May import: errors, core.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from kdbench.errors import KdbenchError
-from kdbench.registry import Registry
+from kdbench.core.registry import Registry
 
 Factory = Callable[..., nn.Module]
 

@@ -9,4 +9,6 @@ docs/design.md ("Report") has the contract.
 
 Import the submodules themselves (`from kdbench.report import build`); this package
 imports nothing, so no submodule can reach itself through it.
+
+May import: errors, core, grid, methods, runs, results.
 """

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from kdbench import atomic
+from kdbench.core import atomic
 from kdbench.errors import KdbenchError
 from kdbench.report import plots, provenance, published, run_views, views
 from kdbench.report.cells import cell_frame

@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdbench import atomic, config, records, results
+from kdbench import results
+from kdbench.core import atomic
+from kdbench.grid import config
+from kdbench.runs import records
 from kdbench.errors import KdbenchError
 from kdbench.report import compare
 from kdbench.report.build import build_report, write_report
@@ -21,7 +24,7 @@ _FALLBACK = "rows and columns in first-seen order"
 def grid_order(results_dir: Path, grid: str) -> tuple[list[str] | None, list[str] | None, str | None]:
     """Variant labels and pairs (`"t->s"`) in the order of the grid file kept at `<results>/<grid>/grid.yaml`.
 
-    The file is parsed by `kdbench.config` (sweeps expanded, file order), with the methods
+    The file is parsed by `kdbench.grid.config` (sweeps expanded, file order), with the methods
     registered so far (plug-ins from `--methods-dir` and `KDBENCH_METHODS_PATH` included).
     Returns `(variants, pairs, None)`, or `(None, None, warning)` when the copy is missing
     or no longer parses: the report then uses first-seen order, and says why in one line.

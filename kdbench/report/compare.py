@@ -15,7 +15,8 @@ from typing import Hashable
 
 import pandas as pd
 
-from kdbench import records, results
+from kdbench import results
+from kdbench.runs import records
 from kdbench.errors import KdbenchError
 from kdbench.report import stats
 from kdbench.report.cells import adjust, compare_seeds, seed_values

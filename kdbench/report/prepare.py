@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from kdbench import records
+from kdbench.runs import records
 from kdbench.errors import KdbenchError
 
 __all__ = ["CORRECTIONS", "DEFAULT_BASELINE", "METRICS", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA",

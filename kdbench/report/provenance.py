@@ -14,7 +14,7 @@ __all__ = ["ENVIRONMENT", "TEACHERS", "environment_view", "shown_path", "teacher
 
 ENVIRONMENT = "environment"
 TEACHERS = "teachers"
-# summary.json `environment` fields shown, in display order (kdbench.provenance.environment);
+# summary.json `environment` fields shown, in display order (kdbench.runs.environment.environment);
 # fields a run does not record (an older kdbench) are left out.
 _FIELDS = [("kdbench", "kdbench"), ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("driver", "Driver"),
            ("device_name", "Device"), ("matmul_allow_tf32", "TF32 matmul"), ("git_commit", "Git commit"),

@@ -1,4 +1,4 @@
-"""Published numbers (`kdbench/published_results.csv`) and the reproduction-gap view against them."""
+"""Published numbers (`kdbench/report/published_results.csv`) and the reproduction-gap view against them."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def load_published() -> pd.DataFrame:
     `protocol` (optional in the file, empty when absent) notes a number obtained under the
     paper's own training protocol rather than the common recipe.
     """
-    content = resources.files("kdbench").joinpath("published_results.csv").read_text(encoding="utf-8")
+    content = resources.files("kdbench.report").joinpath("published_results.csv").read_text(encoding="utf-8")
     frame = pd.read_csv(io.StringIO(content), dtype={"top1": float})
     if "protocol" not in frame.columns:
         frame["protocol"] = ""
