@@ -8,7 +8,6 @@ from every `metrics.jsonl`. A file that cannot be read or parsed is skipped with
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ __all__ = [
     "METRIC_COLUMNS", "SUMMARY_COLUMNS", "ResultsWarning", "grid_names", "load", "load_metrics",
 ]
 
-# Every summary.json field (kdbench.records.Summary, documented in docs/design.md); missing
+# Every summary.json field (kdbench.runs.records.Summary, documented in docs/design.md); missing
 # ones become NaN/None so that downstream code can rely on the columns existing.
 SUMMARY_COLUMNS = list(records.SUMMARY_FIELDS)
 _NUMERIC = [
@@ -104,17 +103,12 @@ def load(results_dir: str | os.PathLike = "results", grid: str | None = None) ->
     return frame[order + [c for c in frame.columns if c not in order]].reset_index(drop=True)
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]] | None:
+def _read_metrics(run: Path) -> list[dict[str, Any]] | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warnings.warn(f"{path}: skipped, unreadable ({exc})", ResultsWarning, stacklevel=3)
+        return records.read_metrics(run)  # the one reader: what `verify` calls damaged is skipped here
+    except records.RecordError as exc:
+        warnings.warn(f"{run / records.METRICS}: skipped, {exc.why}", ResultsWarning, stacklevel=3)
         return None
-    if not all(isinstance(r, dict) for r in rows):
-        warnings.warn(f"{path}: skipped, expected one JSON object per line", ResultsWarning, stacklevel=3)
-        return None
-    return rows
 
 
 def load_metrics(results_dir: str | os.PathLike = "results", grid: str | None = None) -> pd.DataFrame:
@@ -126,10 +120,7 @@ def load_metrics(results_dir: str | os.PathLike = "results", grid: str | None = 
     """
     frames = []
     for grid_name, run in _run_dirs(results_dir, grid):
-        path = run / records.METRICS
-        if not path.exists():
-            continue
-        rows = _read_metrics(path)
+        rows = _read_metrics(run)
         if not rows:
             continue
         frame = pd.DataFrame(rows)

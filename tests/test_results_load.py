@@ -74,3 +74,14 @@ def test_unknown_grid_lists_the_known_ones(tmp_path):
     with pytest.raises(KdbenchError, match="grids there: g1"):
         results.load(tmp_path, grid="nope")
 
+
+def test_metrics_out_of_order_are_damaged_for_load_metrics_as_for_verify(tmp_path):
+    """One reader of metrics.jsonl: `results.load_metrics` skips what `kdbench verify` calls damaged."""
+    from kdbench.runs import records
+
+    folder = write_run(tmp_path, "g", variant="kd", pair="t->s", seed=0, final_top1=60.0, curve=[20.0, 40.0])
+    (folder / "metrics.jsonl").write_text('{"epoch": 2, "test_top1": 40.0}\n{"epoch": 1, "test_top1": 20.0}\n')
+    with pytest.raises(records.RecordError, match="line 1 is not the record of epoch 1"):
+        records.read_metrics(folder)
+    with pytest.warns(results.ResultsWarning, match="metrics.jsonl: skipped, line 1 is not the record of epoch 1"):
+        assert results.load_metrics(tmp_path).empty
