@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
     _add_data_dir(verify)
     _add_methods_dir(verify)
+    _add_set(verify)
 
     report = sub.add_parser(
         "report", help="comparison tables (Markdown, LaTeX, CSV) and plots",

@@ -249,7 +249,8 @@ def cli_verify(args: argparse.Namespace) -> int:
 
     problems = checked = 0
     for name, layout, rows in _grids(args):
-        grid_root = load_grid(WorkerSpec(grid_path=args.grid)).data_root if args.grid and Path(args.grid).is_file() else None
+        grid_root = (load_grid(WorkerSpec(grid_path=args.grid, overrides=tuple(args.set or ()))).data_root
+                     if args.grid and Path(args.grid).is_file() else None)
         data_root = data.resolve_root(args.data_dir, grid_root)
         watch = LockWatch()
         teachers: dict[Path, TeacherRef] = {}
