@@ -1,11 +1,13 @@
 """`options.compile`: every member's compiled callables stay compiled, however many members."""
 
+import pytest
 import torch
 import torch._dynamo.utils
 
 from kdbench.train.compiling import Compiled
 
 
+@pytest.mark.slow
 def test_the_optimizer_steps_of_a_large_cohort_all_stay_compiled():
     # Each optimizer adds a graph under the one code object `SGD.step`: past dynamo's
     # default limit of 8, the rest would silently run eagerly.

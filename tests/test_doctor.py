@@ -62,6 +62,7 @@ def by_name(checks) -> dict:
     return {c[0] if isinstance(c, tuple) else c.name: c for c in checks}
 
 
+@pytest.mark.slow
 def test_nothing_on_disk_gives_cross_lines_with_fixes_and_exit_code_0(tmp_path):
     result = run_cli("--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -196,6 +196,7 @@ def test_auto_precision_resolves_per_device(monkeypatch):
                               "set fp32, bf16 or fp16")
 
 
+@pytest.mark.slow
 def test_the_dry_run_prints_the_lines(tmp_path):
     (tmp_path / "grid.yaml").write_text(
         "name: g\ndataset: {name: synthetic, num_classes: 10, train_size: 64, test_size: 32, image_size: 16}\n"

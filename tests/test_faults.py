@@ -281,6 +281,7 @@ def test_a_teacher_replaced_under_partial_runs_is_never_used(partial_grid, capsy
 
 # ----- locks --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"", b"{not json"])
 def test_an_unreadable_lock_is_taken_over_after_the_stale_period(partial_grid, capsys, monkeypatch, content):
     folder = run_dirs(partial_grid)["kd"]

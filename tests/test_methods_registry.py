@@ -213,6 +213,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdbench", *args], capture_output=True, text=True, env=full_env, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_lists_a_dropped_in_method(tmp_path):
     write_method(tmp_path, "focal.py", "focal_test_loss", "Focal distillation for the CLI test.")
     result = run_cli("list", "methods", env={methods.ENV_PATH: str(tmp_path)})
@@ -228,6 +229,7 @@ def test_cli_methods_dir_option(tmp_path):
     assert "focal_cli_loss" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_a_duplicate_in_one_line(tmp_path):
     write_method(tmp_path, "dup.py", "dkd")
     result = run_cli("list", "methods", env={methods.ENV_PATH: str(tmp_path)})

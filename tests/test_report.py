@@ -281,6 +281,7 @@ class MyPluginKD(nn.Module):
 """
 
 
+@pytest.mark.slow
 def test_grid_with_a_plugin_method_needs_methods_dir_or_the_env_path(tmp_path, capsys):
     root = tmp_path / "results"
     build_real_grid(root, REAL_GRID.replace("noisy: {method: kd, temperature: 2.0}", "noisy: {method: my_plugin_kd}"))
@@ -394,6 +395,7 @@ def test_latex_tables_compile(tmp_path):
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_plots_are_written(tmp_path):
     build_grid(tmp_path / "results")
     assert run_report(tmp_path, plots=True) == 0

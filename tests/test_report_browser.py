@@ -16,6 +16,9 @@ from kdbench.report import browser, build
 from kdbench.report.html import long_frame
 from kdbench.report.prepare import text
 
+# A real browser: the slow tier (CI requires it there, KDBENCH_REQUIRE_BROWSER=1).
+pytestmark = pytest.mark.slow
+
 WHY_NOT = browser.browser_unavailable()
 
 

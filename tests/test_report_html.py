@@ -58,6 +58,7 @@ def test_long_table_has_one_row_per_pair_and_method(tmp_path):
         assert f'<select data-filter="{key}">' in page
 
 
+@pytest.mark.slow
 def test_a_294_run_grid_stays_small(tmp_path):
     root = tmp_path / "results"
     assert realistic_grid(root, grid="g", pairs=CIFAR100_GRID_PAIRS) == 294

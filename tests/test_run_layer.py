@@ -138,6 +138,7 @@ def test_a_method_that_cannot_be_built_fails_its_member_only(tmp_path, splits):
 
 # ----- end to end --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_plugin_bug_fails_one_run_and_retry_failed_retrains_only_it(tmp_path):
     methods_dir = plugin(tmp_path / "plugins")
     grid = write_grid(tmp_path, epochs=3, seeds=(0,), methods=("kd", "dkd", "boom"),
@@ -177,6 +178,7 @@ def test_a_plugin_bug_fails_one_run_and_retry_failed_retrains_only_it(tmp_path):
     assert again["boom"]["status"] == "done" and not log_path.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["in-process", "devices", "slurm"])
 def test_every_launch_path_honours_retry_failed_and_methods_dir(tmp_path, path):
     if path == "slurm":
@@ -197,6 +199,7 @@ def test_every_launch_path_honours_retry_failed_and_methods_dir(tmp_path, path):
     assert summary["status"] == "done"
 
 
+@pytest.mark.slow
 def test_first_release_results_load_and_resume(tmp_path):
     shutil.copytree(V01, tmp_path, dirs_exist_ok=True)
     status = cli("status", "grid.yaml", cwd=tmp_path)
@@ -226,6 +229,7 @@ def test_first_release_results_load_and_resume(tmp_path):
     assert all(found[run_id]["hparams"]["warmup"] == 20 for run_id in first if found[run_id]["variant"] == "dkd")
 
 
+@pytest.mark.slow
 def test_ddp_member_failure_stops_the_cohort_cleanly(tmp_path):
     methods_dir = plugin(tmp_path / "plugins")
     grid = write_grid(tmp_path, epochs=2, seeds=(0,), methods=("kd", "boom"),

@@ -64,6 +64,7 @@ def assert_each_epoch_once(results: Path, epochs: int, grid: str = "tiny"):
         assert [r["epoch"] for r in rows] == list(range(1, epochs + 1)), run_dir
 
 
+@pytest.mark.slow
 def test_tiny_grid_end_to_end_then_nothing_to_do(tmp_path):
     grid = write_grid(tmp_path)
     first = kdbench("run", grid, "--device", "cpu", cwd=tmp_path)
@@ -91,6 +92,7 @@ def test_tiny_grid_end_to_end_then_nothing_to_do(tmp_path):
     assert status.returncode == 0 and status.stdout.count(" done ") == 12
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_finishes_without_duplicates(tmp_path):
     grid = write_grid(tmp_path, epochs=4, seeds=(0,), methods=("kd", "dkd"), train_size=256)
     results = tmp_path / "results"
@@ -124,6 +126,7 @@ def test_sigkill_then_rerun_finishes_without_duplicates(tmp_path):
         assert starts[-1] == epochs_before or len(starts) == 1, (run_id, starts, epochs_before)
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_mid_epoch_and_exits_cleanly(tmp_path):
     grid = write_grid(tmp_path, epochs=3, seeds=(0,), methods=("kd",), train_size=512)
     results = tmp_path / "results"
@@ -146,6 +149,7 @@ def test_ctrl_c_checkpoints_mid_epoch_and_exits_cleanly(tmp_path):
     assert_each_epoch_once(results, 3)
 
 
+@pytest.mark.slow
 def test_two_processes_at_once_share_the_grid(tmp_path):
     grid = write_grid(tmp_path, epochs=2, seeds=(0, 1, 2), methods=("kd", "dkd"))
     procs = [subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(grid), "--device", "cpu"], cwd=tmp_path,
@@ -160,6 +164,7 @@ def test_two_processes_at_once_share_the_grid(tmp_path):
     assert_each_epoch_once(tmp_path / "results", 2)
 
 
+@pytest.mark.slow
 def test_devices_list_starts_one_worker_each(tmp_path):
     grid = write_grid(tmp_path, epochs=1, seeds=(0, 1), methods=("kd",))
     result = kdbench("run", grid, "--device", "cpu,cpu", cwd=tmp_path)
@@ -170,6 +175,7 @@ def test_devices_list_starts_one_worker_each(tmp_path):
     assert len(pids) <= 2
 
 
+@pytest.mark.slow
 def test_torchrun_trains_with_ddp(tmp_path):
     grid = write_grid(tmp_path, epochs=1, seeds=(0,), methods=("kd", "dkd"))
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -183,6 +189,7 @@ def test_torchrun_trains_with_ddp(tmp_path):
     assert_each_epoch_once(tmp_path / "results", 1)
 
 
+@pytest.mark.slow
 def test_submitit_local_executor(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     from kdbench.launch.executors import SlurmOptions, submit_slurm
@@ -196,6 +203,7 @@ def test_submitit_local_executor(tmp_path, monkeypatch):
     assert len(found) == 2 and all(s["status"] == "done" for s in found.values())
 
 
+@pytest.mark.slow
 def test_a_corrupt_teacher_fails_its_runs_and_the_grid_goes_on(tmp_path):
     grid = write_grid(tmp_path, epochs=1, seeds=(0,), methods=("kd",))
     (tmp_path / "teachers" / "t14.pth").write_bytes(b"not a checkpoint")

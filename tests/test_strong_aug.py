@@ -216,6 +216,7 @@ def test_an_images_strong_view_does_not_depend_on_its_batch():
     assert all(torch.equal(small[i], large[i]) for i in small)
 
 
+@pytest.mark.slow
 def test_threads_processes_and_inline_production_agree():
     inline = list(_loader().strong_batches(1))
     threads = _loader(workers=3)
@@ -280,6 +281,7 @@ def test_loaders_without_the_strong_view_fail_with_one_line():
     )
 
 
+@pytest.mark.slow
 def test_an_unguarded_script_gets_one_line_about_spawn(tmp_path):
     """Worker processes are spawned: a script without a main guard is imported again in each."""
     script = tmp_path / "unguarded.py"
@@ -304,6 +306,7 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")  # a zombie has ended; only its exit status waits to be read
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_workers_end_when_the_training_process_is_killed(tmp_path):
     script = tmp_path / "killed.py"

@@ -45,6 +45,7 @@ def test_train_writes_the_release_format(tmp_path, capsys):
     assert json.loads((out.parent / "summary.json").read_text())["status"] == "done"
 
 
+@pytest.mark.slow
 def test_a_grid_trains_its_teacher_once_and_reuses_it(tmp_path):
     grid = {
         "name": "cached", "dataset": SPEC, "seeds": [0, 1], "schedule": {"epochs": 1},

@@ -244,6 +244,7 @@ def test_ctkd_temperature_is_learned_through_the_reversal_and_logged_each_epoch(
     assert set(state["method"]) == {"theta"} and state["method"]["theta"].item() != 1.0  # saved for resume
 
 
+@pytest.mark.slow
 def test_compiled_training_agrees_with_eager(splits):
     def train(compile: bool):
         run = CohortSpec(dataset=SPEC, seed=0, members=[member("dkd", None, epochs=1), member("ctkd", None, epochs=1)],
@@ -275,6 +276,7 @@ class _CountingTeacher(nn.Module):
         return self.inner(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mlkd_members", [1, 2])
 def test_mlkd_trains_in_a_cohort_with_one_teacher_forward_per_view(splits, mlkd_members):
     teacher = _CountingTeacher()
