@@ -404,6 +404,10 @@ def test_plots_are_written(tmp_path):
         for ext in ("png", "pdf"):
             path = plots / f"{name}.{ext}"
             assert path.exists() and path.stat().st_size > 1000, path
+    first = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert run_report(tmp_path, plots=True) == 0
+    again = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert again == first  # the same runs give the same files, byte for byte (no timestamp in the PDFs)
 
 
 def test_every_grid_is_reported_by_default(tmp_path, capsys):
