@@ -285,3 +285,17 @@ def test_teacher_paths_inside_the_results_folder_are_shown_relative_to_it(tmp_pa
         == "/data/cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth"
     assert provenance.shown_path(str(inside), None) == str(inside)
     assert provenance.shown_path("", results_dir) == ""
+
+
+def test_a_cell_whose_runs_used_different_teachers_is_marked_with_both_hashes(tmp_path):
+    root = tmp_path / "results"
+    for seed, sha in enumerate(["a" * 64, "a" * 64, "b" * 64]):
+        write_run(root, "g", variant="kd", pair="t->s", seed=seed, final_top1=70.0 + seed, teacher_sha256=sha)
+        write_run(root, "g", variant="vanilla", pair="t->s", seed=seed, final_top1=68.0 + seed)
+    main_view = build.build_report(results.load(root), grid="g").view("main")
+    frame = main_view.frame.set_index(["variant", "pair"])
+    assert frame.loc[("kd", "t→s"), "mark"].endswith("‡")
+    assert "‡" not in frame.loc[("vanilla", "t→s"), "mark"]
+    (note,) = [n for n in main_view.notes if n.startswith("‡")]
+    runs = results.load(root).set_index(["variant", "seed"])["run_id"]
+    assert f"kd, t→s: run {runs[('kd', 0)]} (SHA-256 {'a' * 16}…), run {runs[('kd', 2)]} (SHA-256 {'b' * 16}…)" in note

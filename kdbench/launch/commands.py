@@ -280,8 +280,27 @@ def cli_verify(args: argparse.Namespace) -> int:
                                 "`kdbench run` fails the runs that need it; `--retry-failed` retrains them on it",
                                 markup=False, soft_wrap=True)
                 problems += 1
+        for line in mixed_teacher_lines(layout, [row[0] for row in rows]):
+            console().print(line, markup=False, soft_wrap=True)
+            problems += 1
     console().print(f"verified {checked} run folders: {problems or 'no'} problem{'s' if problems != 1 else ''}")
     return 1 if problems else 0
+
+
+def mixed_teacher_lines(layout: Layout, run_ids: list[str]) -> list[str]:
+    """One line per (variant, pair) whose runs recorded different teacher SHA-256s."""
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+    for run_id in run_ids:
+        try:
+            summary = records.read_summary(layout.run_dir(run_id))
+        except RecordError:
+            continue
+        if summary is not None and summary.teacher_sha256:
+            seen.setdefault((summary.variant or "?", summary.pair or "?"), {}).setdefault(summary.teacher_sha256, run_id)
+    return [f"{variant} {pair}: its runs were trained on different teacher files: "
+            + ", ".join(f"run {run} (SHA-256 {sha[:16]}…)" for sha, run in found.items())
+            + " → the report marks the cell ‡; retrain the runs of the other file to compare seeds"
+            for (variant, pair), found in seen.items() if len(found) > 1]
 
 
 def _run_teacher(layout: Layout, run_id: str, data_root: Path) -> tuple[TeacherRef | None, str | None]:

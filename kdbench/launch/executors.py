@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import signal
+import sys
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 
 from kdbench.core.console import console
 from kdbench.errors import KdbenchError
-from kdbench.launch.worker import worker_job
-from kdbench.launch.spec import WorkerSpec
+from kdbench.core import devices
+from kdbench.launch.worker import Worker
+from kdbench.train.progress import GridProgress
+from kdbench.launch.spec import WorkerSpec, prepare_process
 
 
 def run_on_devices(spec: WorkerSpec, devices: list[str]) -> list[int]:
@@ -98,3 +101,20 @@ def combined_exit_code(codes: list[int]) -> int:
         if code in codes:
             return code
     return max(codes, default=0)
+
+
+def worker_job(spec: WorkerSpec) -> dict[str, Any]:
+    """Entry point of a submitit job: one worker on this node's device."""
+    progress = None
+    try:
+        prepare_process(spec)
+        worker = Worker(dataclasses.replace(spec, device=devices.parse_many(spec.device, many=False)[0]))
+        progress = GridProgress(len(worker.runs), 0, prefix=spec.log_prefix)
+        outcome = worker.run(progress)
+    except KdbenchError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return {"exit_code": 2, "trained": [], "failed": [], "error": str(exc)}
+    finally:
+        if progress is not None:
+            progress.close()
+    return {"exit_code": outcome.exit_code, "trained": outcome.trained, "failed": outcome.failed}

@@ -10,20 +10,18 @@ stops a run that makes no progress in two attempts in a row.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdbench.core import devices
+import torch
+
 from kdbench.train import distributed
 from kdbench.runs import locks, records, repair
 from kdbench.grid import plan
-from kdbench.errors import KdbenchError
-from kdbench.runs.faults import CohortFault, reraise_for_debugging, writing
+from kdbench.runs.faults import CohortFault, is_resource_fault, reraise_for_debugging, writing
 from kdbench.models import sha256_file
 from kdbench.train.progress import GridProgress
 from kdbench.grid.recipe import Options, Schedule
@@ -33,7 +31,7 @@ from kdbench.train.stopping import StopFlag
 from kdbench.runs.teacher_files import TeacherChanged, TeacherRef, record_teacher, verify_teacher
 from kdbench.train.cohort import CohortSpec, TrainingInterrupted, build_data, close_data, train_cohort
 from kdbench.train.trainee import Member
-from kdbench.launch.spec import WorkerSpec, load_grid, prepare_process
+from kdbench.launch.spec import WorkerSpec, load_grid
 
 #: Attempts in a row without a finished epoch or a recorded outcome before a run is failed.
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 2
@@ -48,13 +46,14 @@ class WorkerOutcome:
     stopped: list[str] = field(default_factory=list)  # cohorts stopped by a fault that is not a member's
     interrupted: bool = False
     aborted: bool = False  # a DDP cohort stopped: this process can't go on
+    halted: str | None = None  # a fault of the machine met twice in a row: what to change
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted; 1 if a run failed or a cohort stopped; else 0."""
+        """130 interrupted; 1 if a run failed, a cohort stopped or the worker halted; else 0."""
         if self.interrupted:
             return 130
-        return 1 if self.failed or self.stopped or self.aborted else 0
+        return 1 if self.failed or self.stopped or self.aborted or self.halted else 0
 
 
 class Worker:
@@ -79,6 +78,7 @@ class Worker:
         self.retryable = {r.run_id for r in self.runs if spec.retry_failed
                           and run_state(self.layout, r.run_id, self.watch)[0] == RunState.FAILED}
         self.no_progress: dict[str, int] = {}  # attempts in a row without progress
+        self.machine_faults: dict[str, int] = {}  # cohort → faults of the machine in a row (out of memory…)
         self.warned: set[str] = set()
         self._data_cache: dict[str, Any] = {}
 
@@ -111,6 +111,8 @@ class Worker:
                     runs = [self.by_id[run_id] for run_id in job[1]]
                     (cohort,) = plan.cohorts(runs)
                     self._train(cohort, runs, outcome, heartbeat)
+                    if outcome.halted:
+                        break
         except TrainingInterrupted:
             outcome.interrupted = True
         except CohortFault:
@@ -289,7 +291,7 @@ class Worker:
         if ref is None or ref.path is None or not distributed.is_main():
             return True, None
         try:
-            return True, verify_teacher(self.layout, ref)
+            return True, verify_teacher(self.layout, ref, runs[0].config["teacher"])
         except TeacherChanged as exc:
             retrying = all(r.run_id in self.retryable for r in runs)
             if retrying:
@@ -347,6 +349,11 @@ class Worker:
             outcome.stopped.append(cohort.cohort_id)
             if distributed.active():
                 raise
+            if is_resource_fault(exc.__cause__ or exc):
+                # The machine's fault, not the runs': they stay resumable, and the no-progress
+                # guard leaves them alone. Met twice in a row, the worker stops and says why.
+                self._machine_fault(cohort, description, exc, outcome)
+                return
         finally:
             reporter.finish()
             for run in runs:
@@ -369,6 +376,19 @@ class Worker:
         self._log(f"stopped: cohort {description}: {exc}; its runs stay resumable "
                   f"(error.log in each run folder)")
 
+    def _machine_fault(self, cohort: plan.Cohort, description: str, exc: CohortFault, outcome: WorkerOutcome) -> None:
+        faults = self.machine_faults.get(cohort.cohort_id, 0) + 1
+        self.machine_faults[cohort.cohort_id] = faults
+        if faults < MAX_ATTEMPTS_WITHOUT_PROGRESS:
+            return
+        cause = exc.__cause__ or exc
+        what = ("ran out of memory" if isinstance(cause, (MemoryError, torch.OutOfMemoryError))
+                else "hit an error that leaves the device unusable")
+        outcome.halted = (f"stopped: cohort {description} {what} {faults} times in a row ({exc}); its runs stay "
+                          "resumable: lower schedule.batch_size or options.max_cohort_size, train in precision bf16 "
+                          "or fp16, or use another device, then run the same command")
+        self._log(outcome.halted)
+
     def _guard_progress(self, runs: list[plan.Run], before: dict[str, int], reason: str | None,
                         outcome: WorkerOutcome) -> None:
         """Fail a run whose attempts ended twice in a row with neither a new epoch nor an outcome."""
@@ -387,20 +407,3 @@ class Worker:
                 records.record_failure(self.layout.run_dir(run.run_id), run.config, run.summary_fields(self.grid.name), Failure(reason=why))
                 outcome.failed.append(run.run_id)
                 self._log(f"failed: {run.run_id} {run.variant}: {why}")
-
-
-def worker_job(spec: WorkerSpec) -> dict[str, Any]:
-    """Entry point of a submitit job: one worker on this node's device."""
-    progress = None
-    try:
-        prepare_process(spec)
-        worker = Worker(dataclasses.replace(spec, device=devices.parse_many(spec.device, many=False)[0]))
-        progress = GridProgress(len(worker.runs), 0, prefix=spec.log_prefix)
-        outcome = worker.run(progress)
-    except KdbenchError as exc:
-        print(f"kdbench: error: {exc}", file=sys.stderr)
-        return {"exit_code": 2, "trained": [], "failed": [], "error": str(exc)}
-    finally:
-        if progress is not None:
-            progress.close()
-    return {"exit_code": outcome.exit_code, "trained": outcome.trained, "failed": outcome.failed}

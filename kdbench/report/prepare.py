@@ -24,8 +24,8 @@ import pandas as pd
 from kdbench.runs import records
 from kdbench.errors import KdbenchError
 
-__all__ = ["CORRECTIONS", "DEFAULT_BASELINE", "METRICS", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA",
-           "first_seen", "order", "pair_label", "prepare", "text"]
+__all__ = ["CORRECTIONS", "DEFAULT_BASELINE", "METRICS", "MIXED_MARK", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA",
+           "first_seen", "mixed_teachers", "order", "pair_label", "prepare", "text"]
 
 DEFAULT_BASELINE = "kd"
 CORRECTIONS = ("holm", "none")  # multiple-comparison corrections of the marks against the baseline
@@ -86,6 +86,7 @@ class Prepared:
     correction: str = "holm"
     protocols: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    mixed_teachers: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
     @property
     def has_baseline(self) -> bool:
@@ -197,9 +198,35 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
                                 if c == pair_label(t, s) or c.endswith(": " + pair_label(t, s))]
     pairs = order(table_runs["pair"], preferred_pairs)
     variants = order(table_runs["variant"], variant_order)
+    mixed = mixed_teachers(table_runs)
+    if mixed:
+        notes.append(MIXED_MARK + " Cells whose runs were trained on different teacher files (their recorded SHA-256s "
+                     "differ), so their seeds are not comparable: " + "; ".join(
+                         f"{v}, {p}: " + ", ".join(f"run {run} (SHA-256 {sha[:16]}…)" for run, sha in found)
+                         for (v, p), found in mixed.items()) + ".")
     return Prepared(runs=table_runs, done=done, not_done=not_done, pairs=pairs, variants=variants, metric=metric,
                     baseline=baseline, alpha=alpha, correction=correction,
-                    protocols=_protocols(table_runs, protocols), notes=notes)
+                    protocols=_protocols(table_runs, protocols), notes=notes, mixed_teachers=mixed)
+
+
+#: The mark of a cell whose runs recorded different teacher SHA-256s.
+MIXED_MARK = "‡"
+
+
+def mixed_teachers(runs: pd.DataFrame) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(variant, pair) → [(run_id, teacher SHA-256)] for every cell whose runs recorded more than one
+    teacher SHA-256 (one run named per SHA-256)."""
+    if "teacher_sha256" not in runs.columns or runs.empty:
+        return {}
+    out = {}
+    for (variant, pair), group in runs.groupby(["variant", "pair"], sort=False):
+        first: dict[str, str] = {}
+        for run_id, sha in zip(group["run_id"], group["teacher_sha256"]):
+            if isinstance(sha, str) and sha:
+                first.setdefault(sha, str(run_id))
+        if len(first) > 1:
+            out[(str(variant), str(pair))] = [(run, sha) for sha, run in first.items()]
+    return out
 
 
 def epoch_hparam_notes(done: pd.DataFrame) -> list[str]:

@@ -16,7 +16,7 @@ import pandas as pd
 from kdbench.report import stats
 from kdbench.report.cells import teacher_top1
 from kdbench.report.layout import Cell, Grid, View, finite, pivot
-from kdbench.report.prepare import TEACHER_ROW, Prepared, text
+from kdbench.report.prepare import MIXED_MARK, TEACHER_ROW, Prepared, text
 
 __all__ = ["AVERAGE", "GAIN", "MAIN", "SEEDS", "best_of", "flag", "gain_view", "main_view", "protocol_label",
            "protocol_notes", "seeds_view", "significance_notes"]
@@ -161,7 +161,8 @@ def main_view(prep: Prepared, cells: pd.DataFrame) -> View:
             if c is not None:
                 row.update({"mean": c.mean, "std": c.std, "n": c.n, "gain": c.mean_diff, "gain_low": c.ci_low,
                             "gain_high": c.ci_high, "n_paired": c.n_paired, "p_value": c.p_value,
-                            "p_adjusted": c.p_adjusted, "mark": c.mark, "best": v in best[p]})
+                            "p_adjusted": c.p_adjusted, "best": v in best[p],
+                            "mark": text(c.mark) + (MIXED_MARK if (v, p) in prep.mixed_teachers else "")})
             data.append(row)
         avg, k = averages[v]
         data.append({"variant": v, "pair": AVERAGE, "mean": avg, "n": k, "complete": k == len(prep.pairs),

@@ -58,8 +58,15 @@ def writing(path: str | os.PathLike | None = None) -> Iterator[None]:
 
 
 def is_cohort_fault(exc: BaseException) -> bool:
-    """True for out-of-memory, errors that poison the CUDA context, and broken collectives."""
-    if isinstance(exc, (CohortFault, MemoryError, torch.OutOfMemoryError)):
+    """True for a `CohortFault` and for the faults of the machine (`is_resource_fault`)."""
+    return isinstance(exc, CohortFault) or is_resource_fault(exc)
+
+
+def is_resource_fault(exc: BaseException) -> bool:
+    """True for faults of the machine rather than of the runs: out of memory (host or device),
+    an error that poisons the CUDA context, a broken collective. Retrying the same cohort on
+    the same settings meets them again; the runs themselves are sound."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     if isinstance(exc, RuntimeError) and any(text in str(exc) for text in _CONTEXT_ERRORS):
         return True

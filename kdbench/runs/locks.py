@@ -1,7 +1,8 @@
 """Claims on runs through lock files, safe across processes and hosts sharing a folder.
 
-A claim is a file created with O_CREAT|O_EXCL (atomic, also on NFS) holding the owner's
-host, pid, a random token, a beat counter and the owner's wall-clock time. A background
+A claim is a file holding the owner's host, pid, a random token, a beat counter and the
+owner's wall-clock time, written whole under a name of the owner's own and then linked to the
+lock's name (atomic, also on NFS; a write that fails leaves no lock). A background
 thread rewrites it in place every `HEARTBEAT_SECONDS`, incrementing the beat.
 
 Whether a lock is abandoned is judged without comparing clocks across hosts:
@@ -160,25 +161,39 @@ def _content(owner: Owner, beat: int) -> bytes:
 
 
 def try_claim(path: Path, owner: Owner, watch: LockWatch) -> bool:
-    """Create the lock for `owner`, or take over a stale one. False if someone live holds it."""
+    """Create the lock for `owner`, or take over a stale one. False if someone live holds it.
+
+    The claim is written whole to a file of this owner's own first, then linked to the lock's
+    name, which fails if a lock exists (atomic, also on NFS): a write that fails (a full
+    disk) leaves no lock behind, so a re-run claims at once instead of waiting out the stale
+    period. The write error itself propagates (the worker stops on it in one line).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            view = watch.observe(path)
-            if view.state != LockState.STALE or not _remove_stale(path, view.raw):
-                return False
-            watch.forget(path)
-            continue
+    mine = path.with_name(f".{path.name}.{owner.token}.{uuid.uuid4().hex[:8]}")
+    try:
+        fd = os.open(mine, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
             os.write(fd, _content(owner, 0))
             os.fsync(fd)
         finally:
             os.close(fd)
-        return True
-    return False
+        for _ in range(2):
+            try:
+                os.link(mine, path)
+            except FileExistsError:
+                view = watch.observe(path)
+                if view.state != LockState.STALE or not _remove_stale(path, view.raw):
+                    return False
+                watch.forget(path)
+                continue
+            return True
+        return False
+    finally:
+        try:
+            os.unlink(mine)
+        except FileNotFoundError:
+            pass
 
 
 def _remove_stale(path: Path, seen: bytes) -> bool:

@@ -3,9 +3,12 @@
 A run config names its teacher as `{arch, checkpoint[, train_id]}` (what run ids hash);
 from the plan onward the code passes a `TeacherRef` with the source as an enum and the
 weights' path resolved. Every teacher file's SHA-256 is recorded the first time kdbench
-uses it (or when a grid trains it), under `<results>/teachers/known/`; a file whose hash
-differs from the recorded one is never used (`TeacherChanged`), so one result never mixes
-two teachers.
+uses it (or when a grid trains it), under `<results>/teachers/known/`: a file inside the
+results folder by its path relative to it, so that the record travels with a copied folder,
+and a grid-trained teacher also in its own training summary; every run keeps the SHA-256 it
+trained on too. A file whose hash differs from what was recorded is never used
+(`TeacherChanged`), for runs started or not, until `kdbench run --retry-failed` accepts it,
+so one result never mixes two teachers.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kdbench.core import atomic
 from kdbench.models import sha256_file
+from kdbench.runs import records
 from kdbench.models.imagenet import torchvision_weights_file, torchvision_weights_name
 from kdbench.runs.records import Layout, now_iso
 
@@ -28,6 +34,8 @@ RELEASE_DIR = "cifar_teachers"
 RELEASE_FILE = "ckpt_epoch_240.pth"
 #: The record of the release's SHA-256s, written at the first fetch, under the data root.
 RELEASE_RECORD = "cifar_teachers.sha256.json"
+#: The field of a grid-trained teacher's training summary that holds its weights' SHA-256.
+TRAINED_SHA256 = "weights_sha256"
 #: The weights file of a teacher trained in a grid, in `<results>/teachers/<train_id>/`.
 TRAINED_FILE = "teacher.pth"
 
@@ -126,47 +134,107 @@ def _release_sha256(ref: TeacherRef) -> tuple[str, str] | None:
     return (sha, f"at the release's first fetch ({record.get('recorded_at', '?')})") if sha else None
 
 
-def _known_path(layout: Layout, path: Path) -> Path:
-    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
-    return layout.results / "teachers" / "known" / f"{key}.json"
+def _key(layout: Layout, path: Path) -> str:
+    """How a teacher file is named in its record: relative to the results folder when it lies in
+    it (a grid-trained teacher), so the record travels with a copied folder; else absolute."""
+    path = Path(path).resolve()
+    try:
+        return "results:" + path.relative_to(Path(layout.results).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _known_path(layout: Layout, key: str) -> Path:
+    return layout.results / "teachers" / "known" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def recorded_teacher(layout: Layout, ref: TeacherRef) -> dict[str, Any] | None:
-    """What was recorded about `ref`'s file: `{path, arch, source, sha256, recorded_at, how}`, or None."""
+    """What was recorded about `ref`'s file: `{path, arch, source, sha256, recorded_at, how}`, or None.
+
+    Records written before files in the results folder were keyed relative to it (by absolute
+    path) are still read."""
     if ref.path is None:
         return None
-    try:
-        entry = json.loads(_known_path(layout, ref.path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return entry if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) else None
+    for key in dict.fromkeys([_key(layout, ref.path), str(Path(ref.path).resolve())]):
+        try:
+            entry = json.loads(_known_path(layout, key).read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+            return entry
+    return None
 
 
 def record_teacher(layout: Layout, ref: TeacherRef, sha256: str, how: str, replace: bool = False) -> None:
     """Record `ref`'s file as having `sha256` ("trained" or "first used"); keeps an existing record unless `replace`."""
     if ref.path is None:
         return
-    target = _known_path(layout, ref.path)
+    key = _key(layout, ref.path)
+    target = _known_path(layout, key)
     if target.exists() and not replace:
         return
-    atomic.write_json(target, {"path": str(Path(ref.path).resolve()), "arch": ref.arch, "source": ref.source.value,
+    atomic.write_json(target, {"path": key, "arch": ref.arch, "source": ref.source.value,
                                "sha256": sha256, "recorded_at": now_iso(), "how": how})
+    if ref.source == TeacherSource.TRAIN:
+        _write_trained_sha256(ref, sha256)
 
 
-def verify_teacher(layout: Layout, ref: TeacherRef) -> str | None:
-    """The SHA-256 of `ref`'s file (torchvision's downloaded weights too), recorded at first use;
-    `TeacherChanged` if it differs from the record."""
+def _trained_sha256(ref: TeacherRef) -> tuple[str, str] | None:
+    """(SHA-256, when) a grid-trained teacher's own training record holds for its weights, or None."""
+    if ref.source != TeacherSource.TRAIN or ref.path is None:
+        return None
+    try:
+        summary = records.read_summary(ref.path.parent)
+    except records.RecordError:
+        return None
+    sha = summary.extra.get(TRAINED_SHA256) if summary is not None else None
+    return (sha, f"when it was trained ({summary.finished_at or '?'})") if isinstance(sha, str) else None
+
+
+def _write_trained_sha256(ref: TeacherRef, sha256: str) -> None:
+    try:
+        summary = records.read_summary(ref.path.parent)
+    except records.RecordError:
+        return
+    if summary is not None:
+        summary.extra[TRAINED_SHA256] = sha256
+        records.write_summary(ref.path.parent, summary)
+
+
+def _recorded_by_runs(layout: Layout, teacher_config: dict[str, Any] | None, found: str) -> tuple[str, str] | None:
+    """(SHA-256, which run) recorded by a run of this grid with the same teacher, where it is not
+    `found`: what a copied results folder still knows when no record of the file does."""
+    if teacher_config is None:
+        return None
+    for run_dir in records.run_dirs(layout):
+        try:
+            config = yaml.safe_load((run_dir / records.CONFIG).read_text())
+            summary = records.read_summary(run_dir)
+        except (OSError, yaml.YAMLError, records.RecordError):
+            continue
+        if (isinstance(config, dict) and config.get("teacher") == teacher_config and summary is not None
+                and summary.teacher_sha256 and summary.teacher_sha256 != found):
+            return summary.teacher_sha256, f"by run {run_dir.name}"
+    return None
+
+
+def verify_teacher(layout: Layout, ref: TeacherRef, teacher_config: dict[str, Any] | None = None) -> str | None:
+    """The SHA-256 of `ref`'s file (torchvision's downloaded weights too); `TeacherChanged` if it
+    differs from what was recorded, in this order: the release's record at its first fetch, a
+    grid-trained teacher's own training record, the record of the file's first use, and the
+    SHA-256 a run of this grid with the same teacher (`teacher_config`) recorded. The first use
+    is recorded."""
     if ref.path is None:
         return None
     found = sha256_file(ref.path)
-    fetched = _release_sha256(ref)
-    if fetched is not None and fetched[0] != found:
-        raise TeacherChanged(ref, fetched[0], found, fetched[1])
     entry = recorded_teacher(layout, ref)
+    expected = _release_sha256(ref) or _trained_sha256(ref)
+    if expected is None and entry is not None:
+        expected = entry["sha256"], f"when it was {entry.get('how', 'first used')} ({entry.get('recorded_at', '?')})"
+    if expected is None:
+        expected = _recorded_by_runs(layout, teacher_config, found)
+    if expected is not None and expected[0] != found:
+        raise TeacherChanged(ref, expected[0], found, expected[1])
     if entry is None:
         record_teacher(layout, ref, found, "first used")
-        return found
-    if entry["sha256"] != found:
-        raise TeacherChanged(ref, entry["sha256"], found, f"when it was {entry.get('how', 'first used')} "
-                                                           f"({entry.get('recorded_at', '?')})")
     return found

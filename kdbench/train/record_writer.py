@@ -92,7 +92,24 @@ class CohortWriter:
         with writing(Path(out) / records.ERROR_LOG):
             failure.error_log = records.write_error_log(Path(out), failure, exc, where)
             if distributed.is_main():
-                records.write_failure(Path(out), trainee.member.config, self.summary(trainee, Status.FAILED))
+                summary = self.summary(trainee, Status.FAILED)
+                records.write_failure(Path(out), trainee.member.config, summary)
+                self._mark_checkpoint_failed(Path(out) / records.CHECKPOINT, summary)
+
+    @staticmethod
+    def _mark_checkpoint_failed(path: Path, summary: Summary) -> None:
+        """Add the failure to the last good checkpoint (its weights untouched), so that a damaged
+        summary of a failed run is rebuilt as failed from the checkpoint, never resumed."""
+        if not path.exists():
+            return
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 -- an unreadable checkpoint: error.log and the summary hold the failure
+            return
+        state["failure"] = summary.failure.to_json() if summary.failure else None
+        state["record"] = json.loads(json.dumps(summary.to_json()))
+        with writing(path):
+            atomic.torch_save(path, state)
 
     def open_sinks(self, trainee: Trainee) -> None:
         """The member's tracking sinks (`options.log`), fed the same rows as metrics.jsonl."""
