@@ -454,7 +454,7 @@ def test_checkpoint_sources(checkpoint):
 def test_checkpoint_typo_suggests():
     obj = with_(teachers={"checkpoint": "mdistiler"})
     message = error(obj)
-    assert message.startswith("grid.yaml: teachers.checkpoint: expected mdistiller, train, torchvision or a file path")
+    assert message.startswith("grid.yaml: teachers.checkpoint: expected mdistiller, train, torchvision, random or a file path")
     assert message.endswith("got 'mdistiler' (did you mean 'mdistiller'?)")
 
 

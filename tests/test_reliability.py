@@ -296,3 +296,43 @@ def test_a_teacher_file_outside_the_results_folder_is_still_checked_in_a_copy(tm
     _change(outside)
     refused = kdbench("run", _tiny_grid(copy, [0, 1], teacher), "--device", "cpu", cwd=copy)
     assert refused.returncode == 1 and "recorded by run" in refused.stdout, refused.stdout
+
+
+# -- a random-teacher control (issue 22) ---------------------------------------------------------------
+
+
+def test_a_random_teacher_is_a_pair_of_its_own_seeded_by_the_teacher_seed():
+    from kdbench.grid import plan
+    from kdbench.grid.config import parse_grid
+
+    obj = {"name": "g", "dataset": {"name": "synthetic", "num_classes": 10}, "schedule": {"epochs": 1},
+           "teachers": {"seed": 3},
+           "pairs": [{"teacher": {"arch": "resnet8", "checkpoint": "random"}, "student": "resnet8"},
+                     {"teacher": {"arch": "resnet8", "checkpoint": "train"}, "student": "resnet8"}],
+           "methods": {"kd": {}}}
+    runs = plan.plan(parse_grid(obj, "grid.yaml"))
+    assert [r.pair for r in runs] == ["resnet8 (random)->resnet8", "resnet8->resnet8"]
+    assert runs[0].config["teacher"] == {"arch": "resnet8", "checkpoint": "random", "seed": 3}
+    assert runs[0].cohort_key != runs[1].cohort_key
+
+
+@pytest.mark.slow
+def test_a_random_teacher_trains_records_its_sha256_and_is_named_a_control_in_the_report(tmp_path):
+    import json
+
+    import yaml
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "control", "dataset": {"name": "synthetic", "num_classes": 10, "train_size": 64, "test_size": 32,
+                                       "image_size": 16},
+        "schedule": {"epochs": 1}, "pairs": [{"teacher": {"arch": "resnet8", "checkpoint": "random"},
+                                              "student": "resnet8"}],
+        "methods": {"kd": {}}}))
+    assert kdbench("run", grid, "--device", "cpu", cwd=tmp_path).returncode == 0
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "results" / "control" / "runs").glob("*/summary.json")]
+    assert summary["pair"] == "resnet8 (random)->resnet8" and len(summary["teacher_sha256"]) == 64
+    assert summary["teacher_checkpoint"].startswith("random init (seed 0)")
+    assert kdbench("report", "--grid", "control", "--no-plots", cwd=tmp_path).returncode == 0
+    main = (tmp_path / "results" / "control" / "report" / "main.md").read_text()
+    assert "resnet8 (random)→resnet8" in main and "Control: resnet8 (random) is a randomly initialised teacher" in main

@@ -63,6 +63,8 @@ def teacher_config(grid: Grid, pair: Pair) -> dict[str, Any] | None:
     out: dict[str, Any] = {"arch": pair.teacher.arch, "checkpoint": pair.teacher.checkpoint}
     if pair.teacher.checkpoint == "train":
         out["train_id"] = teacher_training_id(grid, pair)
+    elif pair.teacher.checkpoint == "random":
+        out["seed"] = pair.teacher.seed
     return out
 
 

@@ -36,9 +36,13 @@ expands it into runs (pair × variant × seed) and cohorts. Every key::
       checkpoint: mdistiller       #   mdistiller: the reference release under the data root;
                                    #   train: train it in the grid (cached by its config hash);
                                    #   torchvision: torchvision's pretrained weights;
+                                   #   random: the architecture's own initialisation under
+                                   #   the teacher's seed, a control (does a method's gain
+                                   #   need a trained teacher?); its pair is "arch (random)";
                                    #   or a file path (it must contain '/' or a '.'), hashed as
                                    #   written, relative to the working folder
       seed: 0                      #   seed of teachers trained in the grid (checkpoint: train)
+                                   #   or initialised at random (checkpoint: random)
       schedule: {epochs: 240}      #   schedule of teachers trained in the grid: these keys
                                    #   over the grid's schedule (default: the grid's schedule)
     pairs:                         # required, non-empty; runs follow this order
@@ -112,7 +116,9 @@ TOP_LEVEL_KEYS = ("name", "dataset", "data", "seeds", "schedule", "teachers", "p
 SCHEDULE_DEFAULTS: dict[str, Any] = schedule_defaults()
 OPTION_DEFAULTS: dict[str, Any] = option_defaults()
 
-TEACHER_SOURCES = ("mdistiller", "train", "torchvision")
+TEACHER_SOURCES = ("mdistiller", "train", "torchvision", "random")
+#: How a pair's name marks a randomly initialised teacher (`checkpoint: random`, a control).
+RANDOM_TEACHER = " (random)"
 TEACHER_DEFAULTS: dict[str, Any] = {"checkpoint": "mdistiller", "seed": 0}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -198,8 +204,10 @@ class Pair:
 
     @property
     def name(self) -> str:
-        """`"teacher->student"`, or `"->student"` without a teacher."""
-        return f"{self.teacher.arch if self.teacher else ''}->{self.student}"
+        """`"teacher->student"` (`"teacher (random)->student"` for a random teacher), or `"->student"` without one."""
+        if self.teacher is None:
+            return f"->{self.student}"
+        return f"{self.teacher.arch}{RANDOM_TEACHER if self.teacher.checkpoint == 'random' else ''}->{self.student}"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,12 @@ def check_teachers(runs: list[plan.Run], data_root: Path, layout: Layout) -> Non
         if ref.source == TeacherSource.TORCHVISION:
             models.fetch_torchvision_weights(ref.arch)  # hash-checked; offline, one line saying where to put it
             continue
+        if ref.source == TeacherSource.RANDOM:
+            from kdbench import data
+
+            geometry = data.geometry(run.config["dataset"])
+            ref.make_random(geometry["num_classes"], geometry["in_channels"])  # its SHA-256 is recorded at first use
+            continue
         if not ref.path.is_file() and ref.source == TeacherSource.MDISTILLER:
             from kdbench.teachers import command as teachers
 

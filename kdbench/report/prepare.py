@@ -21,7 +21,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from kdbench.grid.schema import RANDOM_TEACHER
 from kdbench.runs import records
+from kdbench.runs.teacher_files import RANDOM_INIT
 from kdbench.errors import KdbenchError
 
 __all__ = ["CORRECTIONS", "DEFAULT_BASELINE", "METRICS", "MIXED_MARK", "MetricInfo", "Prepared", "TEACHER_ROW", "VANILLA",
@@ -147,7 +149,9 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
         raise KdbenchError(f"--correction: expected one of {', '.join(CORRECTIONS)}, got {correction!r}")
     frame = first_seen(runs).reset_index(drop=True)
     frame["variant"] = [text(v) or text(m) or "?" for v, m in zip(frame["variant"], frame["method"])]
-    frame["teacher"] = [text(t) for t in frame["teacher"]]
+    # A random teacher (a control) is a pair of its own: "arch (random)".
+    random = [text(c).startswith(RANDOM_INIT) for c in frame.get("teacher_checkpoint", [None] * len(frame))]
+    frame["teacher"] = [text(t) + (RANDOM_TEACHER if r and text(t) else "") for t, r in zip(frame["teacher"], random)]
     frame["student"] = [text(s) for s in frame["student"]]
     frame["dataset"] = [text(d) for d in frame["dataset"]]
     multi_dataset = frame["dataset"].nunique() > 1
@@ -198,6 +202,11 @@ def prepare(runs: pd.DataFrame, *, metric: str = "last", baseline: str = DEFAULT
                                 if c == pair_label(t, s) or c.endswith(": " + pair_label(t, s))]
     pairs = order(table_runs["pair"], preferred_pairs)
     variants = order(table_runs["variant"], variant_order)
+    controls = sorted({t for t in table_runs["teacher"] if t.endswith(RANDOM_TEACHER)}) if len(table_runs) else []
+    if controls:
+        notes.append(f"Control: {', '.join(controls)} is a randomly initialised teacher (`checkpoint: random`, the "
+                     "architecture's own initialisation under the teacher seed): its pairs ask whether a method's "
+                     "gain needs a trained teacher.")
     mixed = mixed_teachers(table_runs)
     if mixed:
         notes.append(MIXED_MARK + " Cells whose runs were trained on different teacher files (their recorded SHA-256s "

@@ -21,12 +21,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from kdbench.core import atomic
 from kdbench.models import sha256_file
 from kdbench.runs import records
 from kdbench.models.imagenet import torchvision_weights_file, torchvision_weights_name
+from kdbench.grid.schema import RANDOM_TEACHER
 from kdbench.runs.records import Layout, now_iso
 
 #: The reference release's layout under the data root: `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`.
@@ -34,6 +36,8 @@ RELEASE_DIR = "cifar_teachers"
 RELEASE_FILE = "ckpt_epoch_240.pth"
 #: The record of the release's SHA-256s, written at the first fetch, under the data root.
 RELEASE_RECORD = "cifar_teachers.sha256.json"
+#: How a random teacher's weights are named in run summaries (the report marks such teachers as controls).
+RANDOM_INIT = "random init"
 #: The field of a grid-trained teacher's training summary that holds its weights' SHA-256.
 TRAINED_SHA256 = "weights_sha256"
 #: The weights file of a teacher trained in a grid, in `<results>/teachers/<train_id>/`.
@@ -46,6 +50,7 @@ class TeacherSource(str, Enum):
     MDISTILLER = "mdistiller"  # the reference release, under the data root
     TRAIN = "train"  # trained in the grid, cached by its config hash
     TORCHVISION = "torchvision"  # torchvision's pretrained weights
+    RANDOM = "random"  # the architecture's own initialisation under a seed: a control
     FILE = "file"  # a file path given in the grid
 
     def __str__(self) -> str:
@@ -66,6 +71,7 @@ class TeacherRef:
     source: TeacherSource
     path: Path | None
     train_id: str | None = None
+    seed: int | None = None  # of a random teacher
 
     @classmethod
     def from_config(cls, teacher: dict[str, Any] | None, data_root: Path, layout: Layout) -> "TeacherRef | None":
@@ -81,6 +87,10 @@ class TeacherRef:
         if checkpoint == TeacherSource.TRAIN.value:
             train_id = teacher["train_id"]
             return cls(arch, TeacherSource.TRAIN, layout.teacher_dir(train_id) / TRAINED_FILE, train_id)
+        if checkpoint == TeacherSource.RANDOM.value:
+            seed = int(teacher["seed"])
+            return cls(arch, TeacherSource.RANDOM, layout.grid_dir / "teachers" / f"random-{arch}-seed{seed}.pth",
+                       seed=seed)
         return cls(arch, TeacherSource.FILE, Path(checkpoint))
 
     @property
@@ -88,7 +98,27 @@ class TeacherRef:
         """The weights as a run's summary names them: the file, or torchvision's pinned weights."""
         if self.source == TeacherSource.TORCHVISION:
             return f"torchvision {torchvision_weights_name(self.arch)}"
+        if self.source == TeacherSource.RANDOM:
+            return f"{RANDOM_INIT} (seed {self.seed}): {self.path}"
         return str(self.path)
+
+    @property
+    def name(self) -> str:
+        """The teacher as a pair's name shows it: the arch, marked `(random)` for a random one."""
+        return self.arch + (RANDOM_TEACHER if self.source == TeacherSource.RANDOM else "")
+
+    def make_random(self, num_classes: int, in_channels: int) -> None:
+        """Write a random teacher's weights (its file) if missing: the architecture's own
+        initialisation under a generator seeded by (seed, arch), untouched global RNG."""
+        if self.source != TeacherSource.RANDOM or self.path is None or self.path.is_file():
+            return
+        from kdbench import models
+
+        seed = int.from_bytes(hashlib.sha256(f"random-teacher:{self.seed}:{self.arch}".encode()).digest()[:8], "little")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed & (2**63 - 1))
+            model = models.build(self.arch, num_classes=num_classes, in_channels=in_channels)
+        atomic.torch_save(self.path, {"model": model.state_dict()})
 
     @property
     def label(self) -> str:

@@ -138,7 +138,7 @@ class CohortWriter:
         return Summary(
             run_id=member.run_id, status=status, grid=record.pop("grid", None), cohort=record.pop("cohort", None),
             dataset=self.dataset_name, dataset_spec=dataset if isinstance(dataset, dict) else {"name": dataset},
-            pair=f"{ref.arch if ref else ''}->{member.student}", teacher=ref.arch if ref else None,
+            pair=f"{ref.name if ref else ''}->{member.student}", teacher=ref.arch if ref else None,
             teacher_checkpoint=None if ref is None else ref.checkpoint,
             teacher_sha256=self.cohort.teacher_sha256, teacher_top1=self.teacher_top1,
             student=member.student, method=member.method, variant=record.pop("variant", member.method),
