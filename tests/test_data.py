@@ -166,7 +166,7 @@ def test_eval_loader_is_normalize_only_in_order():
 
 
 def test_available_and_resolve_spec():
-    assert data.available() == ["cifar100", "fashion_mnist", "imagenet", "synthetic"]
+    assert data.available() == ["cifar100", "fashion_mnist", "imagenet", "synthetic", "tiny_imagenet"]
     assert data.resolve_spec("cifar100") == {"name": "cifar100", "train_size": None, "val_size": 0, "split_seed": 0}
     assert data.resolve_spec({"name": "synthetic", "num_classes": 5}) == {
         "name": "synthetic", "num_classes": 5, "train_size": 512, "test_size": 256, "image_size": 32,

@@ -49,3 +49,27 @@ def test_the_imagenet_grid_is_the_reference_recipe():
     assert schedule == {"epochs": 100, "batch_size": 512, "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4,
                         "milestones": [30, 60, 90], "lr_decay": 0.1}
     assert plan.plan(grid)[0].config["teacher"] == {"arch": "resnet34_imagenet", "checkpoint": "torchvision"}
+
+
+def test_the_r50_mv1_grid_is_mdistillers_second_imagenet_setting():
+    grid = config.load_grid(EXPERIMENTS / "imagenet_r50_mv1.yaml")
+    runs = plan.plan(grid)
+    assert runs[0].config["schedule"] == {"epochs": 100, "batch_size": 512, "lr": 0.2, "momentum": 0.9,
+                                          "weight_decay": 1e-4, "milestones": [30, 60, 90], "lr_decay": 0.1}
+    assert {r.pair for r in runs} == {"resnet50_imagenet->mobilenetv1_imagenet"}
+    assert runs[0].config["teacher"] == {"arch": "resnet50_imagenet", "checkpoint": "torchvision"}
+    hparams = {r.variant: r.config["hparams"] for r in runs}
+    assert hparams["kd"]["temperature"] == 1.0 and hparams["kd"]["ce_weight"] == hparams["kd"]["kd_weight"] == 0.5
+    assert (hparams["dkd"]["beta"], hparams["dkd"]["temperature"], hparams["dkd"]["warmup"]) == (2.0, 1.0, 1)
+    assert (hparams["rld"]["beta"], hparams["rld"]["alpha_temperature"]) == (2.0, 1.0)
+    assert (hparams["luminet"]["alpha"], hparams["luminet"]["temperature"]) == (2.0, 0.7)
+
+
+def test_the_tiny_imagenet_grid_trains_its_teachers_under_the_cifar_recipe():
+    grid = config.load_grid(EXPERIMENTS / "tiny_imagenet.yaml")
+    runs = plan.plan(grid)
+    assert {r.config["dataset"]["name"] for r in runs} == {"tiny_imagenet"}
+    assert all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
+    assert {r.config["schedule"]["epochs"] for r in runs} == {240} and len(runs) == 5 * 16 * 3
+    crld = next(r for r in runs if r.method == "crld").config["hparams"]
+    assert (crld["temperature"], crld["within_weight"], crld["cross_weight"]) == (2.0, 4.0, 1.0)

@@ -1,4 +1,5 @@
-"""Datasets: a registry of named datasets, on-device loaders, and the data root.
+"""Datasets: a registry of named datasets (CIFAR-100, Fashion-MNIST, ImageNet, Tiny-ImageNet,
+synthetic), on-device loaders, and the data root.
 
 ```python
 splits = data.build("cifar100", root=root, device="cuda", seed=0)
@@ -27,7 +28,7 @@ from kdbench.core.hparams import Description, HParam, describe_class, resolve, s
 
 # Importing the modules registers the built-in datasets. `imagenet` imports torchvision
 # lazily, inside its methods, so this stays cheap.
-from kdbench.data import cifar100, fashion_mnist, imagenet, synthetic  # noqa: E402,F401  isort: skip
+from kdbench.data import cifar100, fashion_mnist, imagenet, synthetic, tiny_imagenet  # noqa: E402,F401  isort: skip
 
 ENV_ROOT = "KDBENCH_DATA"
 
