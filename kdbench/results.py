@@ -28,7 +28,7 @@ SUMMARY_COLUMNS = list(records.SUMMARY_FIELDS)
 _NUMERIC = [
     "teacher_top1", "epochs", "epochs_done", "final_top1", "final_top5", "best_top1", "best_epoch",
     "val_selected_top1", "best_val_epoch", "final_top1_teacher_wrong", "final_top1_teacher_right",
-    "wall_seconds", "cohort_size",
+    "test_agreement", "test_agreement_teacher_wrong", "test_ece", "test_nll", "wall_seconds", "cohort_size",
 ]
 # Columns every metrics frame has, whatever the epochs hold.
 METRIC_COLUMNS = ["grid", "run_id", "epoch"]

@@ -32,13 +32,25 @@ def _hparams(variant: str) -> tuple[str, dict[str, Any]]:
 _STARTED = itertools.count()
 
 
+#: The summary fields of the agreement-and-calibration view, and how the fake derives them from `final_top1`
+#: (agreement fields only with a teacher): linear, so a cell's mean is that of its `final_top1`s.
+BEYOND_TOP1 = {
+    "test_agreement": lambda top1: top1 + 8.0,
+    "test_agreement_teacher_wrong": lambda top1: top1 - 40.0,
+    "test_ece": lambda top1: (100.0 - top1) / 10,
+    "test_nll": lambda top1: (100.0 - top1) / 25,
+}
+
+
 def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, final_top1: float | None,
               teacher_top1: float | None = 79.42, status: str = "done", epochs: int = 3,
-              curve: list[float] | None = None, **fields: Any) -> Path:
+              curve: list[float] | None = None, legacy: bool = False, **fields: Any) -> Path:
     """Write one run folder under `root/grid/runs/` and return it.
 
     `curve` gives test_top1 per epoch for metrics.jsonl (default: rising to `final_top1`).
     `fields` override any summary field (best_top1, wall_seconds, device, failure, …).
+    `legacy`: a record from before kdbench measured agreement, ECE and NLL: summary.json
+    without those fields at all (`BEYOND_TOP1`).
     Runs start one second apart in the order they are written (the report's first-seen order).
     """
     teacher, student = pair.split("->")
@@ -62,12 +74,17 @@ def write_run(root: Path, grid: str, *, variant: str, pair: str, seed: int, fina
         "val_selected_top1": None, "best_val_epoch": None,
         "final_top1_teacher_wrong": None if final_top1 is None else final_top1 - 50,
         "final_top1_teacher_right": None if final_top1 is None else final_top1 + 10,
+        **{k: None if final_top1 is None or (k.startswith("test_agreement") and not teacher) else f(final_top1)
+           for k, f in BEYOND_TOP1.items()},
         "wall_seconds": 3600.0, "cohort_size": 4, "device": "cuda:0",
         "environment": {"kdbench": "0.1", "torch": "2.4"}, "started_at": _timestamp(next(_STARTED)),
         "finished_at": "2025-01-02T00:00:00Z",
     }
     summary.update(fields)
-    records.write_summary(folder, records.Summary.from_json(summary))
+    record = records.Summary.from_json(summary).to_json()
+    if legacy:
+        record = {k: v for k, v in record.items() if k not in BEYOND_TOP1}
+    atomic.write_json(folder / records.SUMMARY, record)
     rows = [{"epoch": e + 1, "lr": 0.05, "train_loss": 1.0, "test_top1": v, "test_top5": v + 10}
             for e, v in enumerate(curve[:epochs_done])]
     atomic.write_jsonl(folder / records.METRICS, rows)
@@ -98,13 +115,19 @@ GRID = {
 }
 
 
+# Runs of `GRID` recorded before agreement, ECE and NLL were (`legacy`): all of vanilla in B, noisy's seed 0 in B.
+LEGACY = {("tB->sB", "vanilla", 0), ("tB->sB", "vanilla", 1), ("tB->sB", "vanilla", 2), ("tB->sB", "noisy", 0)}
+
+
 def build_grid(root: Path, grid: str = "g", **fields: Any) -> None:
-    """`GRID`'s done runs (best epoch 1 point above the last), a failed kd run in A and a running dkd run in B."""
+    """`GRID`'s done runs (best epoch 1 point above the last; the `LEGACY` ones without agreement, ECE and NLL),
+    a failed kd run in A and a running dkd run in B."""
     for (pair, teacher), variants in GRID.items():
         for variant, values in variants.items():
             for seed, value in enumerate(values):
                 write_run(root, grid, variant=variant, pair=pair, seed=seed, final_top1=value,
-                          teacher_top1=teacher, best_top1=value + 1.0, **fields)
+                          teacher_top1=teacher, best_top1=value + 1.0, legacy=(pair, variant, seed) in LEGACY,
+                          **fields)
     # Never averaged: a failed kd run in A and a running dkd run in B with absurd numbers.
     write_run(root, grid, variant="kd", pair="tA->sA", seed=3, final_top1=10.0, teacher_top1=80.0, status="failed",
               failure={"reason": "non-finite loss", "epoch": 5, "step": 100, "terms": {"kd": None}})

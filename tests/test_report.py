@@ -385,7 +385,8 @@ def test_latex_tables_compile(tmp_path):
     assert run_report(tmp_path) == 0
     tex_files = sorted((tmp_path / "out").glob("*.tex"))
     assert {p.stem for p in tex_files} == {"main", "gain", "seeds_needed", "best_vs_last", "reproduction",
-                                           "teacher_wrong_right", "cost", "environment", "teachers", "not_done"}
+                                           "teacher_wrong_right", "agreement_calibration", "cost", "environment",
+                                           "teachers", "not_done"}
     doc = tmp_path / "doc.tex"
     inputs = "\n".join(rf"\input{{{p}}}" for p in tex_files)
     doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + inputs + "\n\\end{document}\n")
@@ -429,7 +430,8 @@ def test_frames_api_without_cli(tmp_path):
     runs = results.load(tmp_path / "results")
     rep = build.build_report(runs, results.load_metrics(tmp_path / "results"), grid="g")
     assert [v.name for v in rep.views] == ["main", "gain", "seeds_needed", "best_vs_last", "teacher_wrong_right",
-                                           "cost", "environment", "teachers", "not_done", "runs", "curves"]
+                                           "agreement_calibration", "cost", "environment", "teachers", "not_done",
+                                           "runs", "curves"]
     assert [v.name for v in rep.tables] == [v.name for v in rep.views[:-2]]
     assert rep.prepared.variants == ["vanilla", "kd", "dkd", "noisy"]
     assert "±" in render.to_markdown(rep.views[0])

@@ -58,6 +58,16 @@ def test_long_table_has_one_row_per_pair_and_method(tmp_path):
         assert f'<select data-filter="{key}">' in page
 
 
+def test_page_draws_the_agreement_and_calibration_table(tmp_path):
+    build_grid(tmp_path / "results")
+    rep, page = page_of(tmp_path / "results")
+    view = rep.view("agreement_calibration")
+    assert report_html.grid_table(view.layout()) in page
+    assert '<a href="#agreement-calibration">Agreement &amp; calibration</a>' in page
+    section = page.split('<section id="agreement-calibration">', 1)[1].split("</section>", 1)[0]
+    assert "<td class=\"r\">—</td>" in section  # vanilla in B recorded none: shown missing, not 0.00
+
+
 @pytest.mark.slow
 def test_a_294_run_grid_stays_small(tmp_path):
     root = tmp_path / "results"

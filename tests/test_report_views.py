@@ -82,7 +82,8 @@ def test_every_format_shows_the_numbers_of_the_frame(report, tmp_path):
     page = report_html.html_page(report.grid, report.prepared, report.views)
     tables = report.tables
     assert {v.name for v in tables} >= {"main", "gain", "seeds_needed", "best_vs_last", "reproduction",
-                                        "teacher_wrong_right", "cost", "environment", "teachers", "not_done"}
+                                        "teacher_wrong_right", "agreement_calibration", "cost", "environment",
+                                        "teachers", "not_done"}
     checked = 0
     for view in tables:
         grid = view.layout()
@@ -206,6 +207,44 @@ def test_best_against_last_view(report):
     assert frame.loc["All runs", "runs"] == 32
     text = render.to_markdown(report.view("best_vs_last"))
     assert "megvii-research/mdistiller#30" in text and not re.search(r"(?<![-\w])research/", text)
+
+
+def test_agreement_calibration_view(report):
+    view = report.view("agreement_calibration")
+    frame = view.frame.set_index(["variant", "pair"])
+    # The fake derives the fields linearly from final_top1 (`BEYOND_TOP1`), so a cell's means follow its top-1s.
+    kd = frame.loc[("kd", "tA→sA")]  # 72.0, 72.5, 73.0 (the failed seed 3 is not averaged)
+    assert kd["seeds"] == 3 and kd["agreement_n"] == kd["ece_n"] == 3
+    assert kd["agreement_mean"] == pytest.approx(80.5) and kd["agreement_std"] == pytest.approx(0.5)
+    assert kd["agreement_teacher_wrong_mean"] == pytest.approx(32.5)
+    assert kd["ece_mean"] == pytest.approx(2.75) and kd["nll_mean"] == pytest.approx(1.1)
+    # `LEGACY` runs recorded none of them: every seed of vanilla in B, seed 0 of noisy in B.
+    vanilla = frame.loc[("vanilla", "tB→sB")]
+    assert vanilla["seeds"] == 3 and vanilla["ece_n"] == 0
+    assert all(math.isnan(vanilla[f"{m}_mean"]) for m in ("agreement", "agreement_teacher_wrong", "ece", "nll"))
+    noisy = frame.loc[("noisy", "tB→sB")]  # seeds 1 and 2: 66.0, 67.0
+    assert noisy["seeds"] == 3 and noisy["nll_n"] == 2 and noisy["ece_mean"] == pytest.approx(3.35)
+    rows = {(r[0], r[1]): r for r in markdown_rows(render.to_markdown(view))}
+    assert rows[("tB→sB", "vanilla")][2:] == ["3", "—", "—", "—", "—"]
+    assert rows[("tB→sB", "noisy")][5] == "3.35 ± 0.07 (n=2)"
+    assert rows[("tA→sA", "kd")][3:] == ["80.50 ± 0.50", "32.50 ± 0.50", "2.75 ± 0.05", "1.10 ± 0.02"]
+
+
+def test_agreement_view_without_a_teacher_and_without_any_record(tmp_path):
+    root = tmp_path / "results"
+    for seed in range(2):
+        write_run(root, "g", variant="kd", pair="t->s", seed=seed, final_top1=70.0 + seed)
+        write_run(root, "g", variant="vanilla", pair="->s", seed=seed, final_top1=68.0 + seed)
+    view = build.build_report(results.load(root), grid="g").view("agreement_calibration")
+    vanilla = view.frame.set_index(["variant", "pair"]).loc[("vanilla", "t→s")]  # the teacherless run fills the pair
+    assert vanilla["agreement_n"] == 0 and math.isnan(vanilla["agreement_mean"])
+    assert vanilla["ece_n"] == 2 and vanilla["ece_mean"] == pytest.approx(3.15)
+    old = tmp_path / "old"
+    for seed in range(2):
+        write_run(old, "g", variant="kd", pair="t->s", seed=seed, final_top1=70.0 + seed, legacy=True)
+    runs = results.load(old)  # summaries without the fields load, and show them missing
+    assert runs[["test_agreement", "test_agreement_teacher_wrong", "test_ece", "test_nll"]].isna().all().all()
+    assert build.build_report(runs, grid="g").view("agreement_calibration") is None
 
 
 def test_provenance_views(report):

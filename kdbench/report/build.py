@@ -11,6 +11,7 @@ import pandas as pd
 from kdbench.core import atomic
 from kdbench.errors import KdbenchError
 from kdbench.report import plots, provenance, published, run_views, views
+from kdbench.report.agreement import agreement_view
 from kdbench.report.cells import cell_frame
 from kdbench.report.curves import curves_view
 from kdbench.report.html import html_page
@@ -58,8 +59,9 @@ def build_report(runs: pd.DataFrame, metrics: pd.DataFrame | None = None, *, gri
     cells = cell_frame(prep)
     built = [views.main_view(prep, cells), views.gain_view(prep, cells), views.seeds_view(prep, cells),
              run_views.selection_view(prep), published.reproduction_view(prep, cells, published_results),
-             run_views.teacher_split_view(prep), run_views.cost_view(prep), provenance.environment_view(prep),
-             provenance.teachers_view(prep, results_dir), run_views.not_done_view(prep),
+             run_views.teacher_split_view(prep), agreement_view(prep), run_views.cost_view(prep),
+             provenance.environment_view(prep), provenance.teachers_view(prep, results_dir),
+             run_views.not_done_view(prep),
              run_views.runs_view(prep), curves_view(prep, metrics)]
     built = [v for v in built if v is not None]
     if grid:

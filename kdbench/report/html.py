@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from kdbench import __version__
+from kdbench.report.agreement import AGREEMENT
 from kdbench.report.cells import seed_values
 from kdbench.report.curves import CURVES
 from kdbench.report.layout import Cell, Grid, View, finite, inline_markup, number, render_cell
@@ -230,8 +231,8 @@ def _asset(name: str) -> str:
 
 # Navigation labels of the sections, by view name; views sharing a label share a section.
 _NAV = {MAIN: "Summary", GAIN: "Gains", SEEDS: "Seeds needed", SELECTION: "Best vs last",
-        REPRODUCTION: "Reproduction", TEACHER_SPLIT: "Teacher wrong / right", COST: "Cost",
-        ENVIRONMENT: "Provenance", TEACHERS: "Provenance", NOT_DONE: "Not done"}
+        REPRODUCTION: "Reproduction", TEACHER_SPLIT: "Teacher wrong / right", AGREEMENT: "Agreement & calibration",
+        COST: "Cost", ENVIRONMENT: "Provenance", TEACHERS: "Provenance", NOT_DONE: "Not done"}
 
 
 def html_page(grid: str, prep: Prepared, views: Sequence[View]) -> str:

@@ -165,6 +165,10 @@ class Summary:
     best_val_epoch: int | None = None
     final_top1_teacher_wrong: float | None = None
     final_top1_teacher_right: float | None = None
+    test_agreement: float | None = None
+    test_agreement_teacher_wrong: float | None = None
+    test_ece: float | None = None
+    test_nll: float | None = None
     wall_seconds: float | None = None
     cohort_size: int | None = None
     device: str | None = None
@@ -307,6 +311,10 @@ def history_fields(history: list[dict[str, Any]]) -> dict[str, Any]:
         "best_val_epoch": best_val["epoch"] if best_val else None,
         "final_top1_teacher_wrong": last.get("test_top1_teacher_wrong"),
         "final_top1_teacher_right": last.get("test_top1_teacher_right"),
+        "test_agreement": last.get("test_agreement"),
+        "test_agreement_teacher_wrong": last.get("test_agreement_teacher_wrong"),
+        "test_ece": last.get("test_ece"),
+        "test_nll": last.get("test_loss"),  # the test loss is the mean cross-entropy: the NLL
     }
 
 

@@ -31,7 +31,7 @@ from kdbench.train.record_writer import CohortWriter
 from kdbench.train.compiling import Compiled
 from kdbench.data.loaders import require_strong_view
 from kdbench.errors import KdbenchError
-from kdbench.train.evaluation import evaluate, teacher_correctness
+from kdbench.train.evaluation import TeacherPredictions, evaluate, teacher_predictions
 from kdbench.runs.faults import CohortFault, StorageFault, is_cohort_fault, reraise_for_debugging
 from kdbench.train.precision import autocast, check as check_precision, resolve as resolve_precision
 from kdbench.train.progress import Reporter, SilentReporter
@@ -87,7 +87,7 @@ class _CohortTrainer:
         self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
         self.teacher: nn.Module | None = None
         self.teacher_forward: Compiled | None = None
-        self.teacher_correct: Tensor | None = None
+        self.teacher_predictions: TeacherPredictions | None = None
         self._load_teacher()
         self.trainees = [self._prepare(m) for m in cohort.members]
 
@@ -107,8 +107,9 @@ class _CohortTrainer:
                 p.requires_grad_(False)
             self.teacher_forward = Compiled(self.teacher, self.options.compile, "teacher's forward")
             test = self.data.test
-            self.teacher_correct = teacher_correctness(self.teacher, test, self.device, self.options.precision,
-                                                       num_samples=test.num_samples)
+            # One pass for the teacher's predictions and correctness, reused by every member's evaluation.
+            self.teacher_predictions = teacher_predictions(self.teacher, test, self.device, self.options.precision,
+                                                           num_samples=test.num_samples)
             self.writer.teacher_top1 = evaluate(self.teacher, test, self.device, self.options.precision)["top1"]
         except Exception as exc:
             reraise_for_debugging()
@@ -294,7 +295,7 @@ class _CohortTrainer:
             try:
                 row.update(trainee.epoch_scalars())
                 test = evaluate(trainee.model, self.data.test, self.device, self.options.precision,
-                                self.teacher_correct)
+                                self.teacher_predictions)
                 row.update({f"test_{k}": v for k, v in test.items()})
                 if self.data.val is not None:
                     val = evaluate(trainee.model, self.data.val, self.device, self.options.precision)
