@@ -1,4 +1,5 @@
-"""The `kdbench` command line: run, status, verify, report, compare, list, bench, doctor, teachers.
+"""The `kdbench` command line: run, status, verify, export, import, report, compare, list, bench, doctor,
+teachers.
 
 Every subcommand has `--help`. Errors a user can fix print as one line, exit code 2.
 """
@@ -97,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(verify)
     _add_methods_dir(verify)
     _add_set(verify)
+
+    export = sub.add_parser(
+        "export", help="write a grid's finished runs to one bundle file, for another machine or person",
+        description="Write a grid's finished runs (config.yaml, summary.json, metrics.jsonl; checkpoints with "
+        "--checkpoints), its grid file, the teachers' SHA-256s and a manifest of every file's SHA-256 into one "
+        "tar file that `kdbench import` adds to another results folder.",
+    )
+    export.add_argument("grid", help="grid YAML file or grid name")
+    export.add_argument("--out", required=True, metavar="FILE.tar", help="the bundle to write (replaced if it exists)")
+    export.add_argument("--checkpoints", action="store_true", help="also include each run's checkpoint.pt")
+    export.add_argument("--results-dir", default="results", metavar="DIR", help="results folder (default: results)")
+    _add_set(export)
+    _add_methods_dir(export)
+
+    bundle_import = sub.add_parser(
+        "import", help="add the runs of a bundle written by `kdbench export` to a results folder",
+        description="Check a bundle whole (format version, every file's SHA-256, no file outside the manifest, "
+        "no link or path escaping its folder, finished runs), refuse it if a local run of the same id holds other "
+        "files, then add its runs: `report` and `compare` read them and `run` skips them as done.",
+    )
+    bundle_import.add_argument("bundle", metavar="FILE.tar", help="a bundle written by `kdbench export`")
+    bundle_import.add_argument("--results-dir", default="results", metavar="DIR",
+                               help="results folder to add the runs to (default: results)")
 
     report = sub.add_parser(
         "report", help="comparison tables (Markdown, LaTeX, CSV) and plots",
@@ -218,6 +242,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from kdbench.launch import commands
 
         return {"run": commands.cli_run, "status": commands.cli_status, "verify": commands.cli_verify}[args.command](args)
+    if args.command in ("export", "import"):
+        from kdbench.launch import bundles
+
+        return bundles.cli_export(args) if args.command == "export" else bundles.cli_import(args)
     if args.command in ("report", "compare"):
         from kdbench.report import cli as report_cli
 
