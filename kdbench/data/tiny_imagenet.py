@@ -32,6 +32,10 @@ when that peak is at most half the device's free memory, and in host memory othe
 when the device allocation fails (a warning says so); `device` and `host` force either.
 In host memory each batch is gathered on the host and copied to the device: the batches
 are the same, bit for bit (the random draws still come from the device's generator).
+Each build decodes every JPEG with PIL on one core (about 0.1 ms an image: ~11 s for the set).
+
+Tested offline on generated look-alikes of the official zip (tests/test_tiny_imagenet.py);
+the real archive's MD5 and contents could not be checked here.
 """
 
 from __future__ import annotations
