@@ -161,3 +161,84 @@ def test_register_adds_a_model(monkeypatch):
 
 def test_register_left_the_real_zoo_alone():
     assert "tiny_test_net" not in models.available()
+
+
+# ---------------------------------------------------------------- feature map and classifier
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_classifier_of_the_pooled_final_feature_map_is_the_model(name):
+    from kdbench.models.layers import global_pool
+
+    torch.manual_seed(0)
+    model = models.build(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fmap = models.features(model, x)
+        assert fmap.dim() == 4 and torch.equal(models.classifier(model)(global_pool(fmap)), model(x))
+        last = models.last_stage(model, x)
+    assert last.dim() == 4 and last.shape[0] == 2
+
+
+def test_last_stage_is_before_the_head_of_wrn_mobilenetv2_and_shufflenetv2():
+    import torch.nn.functional as F
+
+    x = torch.randn(2, 3, 32, 32)
+    heads = {"wrn_16_1": lambda m, z: F.relu(m.bn1(z)), "MobileNetV2": lambda m, z: m.conv2(z),
+             "ShuffleV2": lambda m, z: F.relu(m.bn2(m.conv2(z)))}
+    with torch.no_grad():
+        for name in ["resnet8", "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet18"]:
+            model = models.build(name, num_classes=10).eval()
+            last = models.last_stage(model, x)
+            expected = heads[name](model, last) if name in heads else last
+            assert torch.equal(models.features(model, x), expected), name
+
+
+def test_a_model_without_the_split_is_named():
+    with pytest.raises(KdbenchError, match="^model Linear has no split into a feature map and a classifier"):
+        models.features(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def test_region_logits_pool_to_4x4_then_take_2x2_and_1x1_from_that_pool():
+    from kdbench.models.regions import region_logits
+
+    head = torch.nn.Identity()
+    fmap = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    regions = region_logits(head, fmap, (1, 2, 4))  # (B, C, 1 + 4 + 16)
+    assert regions.shape == (2, 3, 21)
+    blocks4 = fmap.reshape(2, 3, 4, 2, 4, 2).mean(dim=(3, 5)).flatten(2)
+    blocks2 = fmap.reshape(2, 3, 2, 4, 2, 4).mean(dim=(3, 5)).flatten(2)
+    torch.testing.assert_close(regions[:, :, 0], fmap.mean(dim=(2, 3)), rtol=0, atol=1e-14)
+    torch.testing.assert_close(regions[:, :, 1:5], blocks2, rtol=0, atol=1e-14)
+    torch.testing.assert_close(regions[:, :, 5:], blocks4, rtol=0, atol=1e-14)
+    # A 7x7 map: the 4x4 pool's cells overlap, so its 2x2 pool is not the map's own 2x2 pool.
+    odd = torch.randn(1, 1, 7, 7, dtype=torch.float64)
+    coarse = region_logits(head, odd, (1, 2))[:, :, 1:]
+    assert not torch.allclose(coarse, torch.nn.functional.adaptive_avg_pool2d(odd, 2).flatten(2))
+    # A 2x2 map at scale 4: each cell repeated in a 2x2 block, as AdaptiveAvgPool2d does.
+    small = torch.randn(1, 1, 2, 2, dtype=torch.float64)
+    fine = region_logits(head, small, (1, 2, 4))[0, 0, 5:].reshape(4, 4)
+    assert torch.equal(fine, small[0, 0].repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def test_region_forward_gives_the_model_logits_and_one_region_tensor_per_scale_list():
+    model = models.build("resnet8", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, (two, four) = models.RegionForward(model)(x, ((1, 2), (1, 2, 4)))
+        assert torch.equal(logits, model(x)) and two.shape == (2, 10, 5) and four.shape == (2, 10, 21)
+        assert torch.equal(two, four[:, :, :5])
+
+
+def test_a_map_without_local_regions_is_refused_in_one_line():
+    from kdbench.models.regions import map_size, require_poolable
+
+    assert map_size("resnet8", 3, 32) == (8, 8) and map_size("MobileNetV2", 3, 32) == (2, 2)
+    require_poolable("resnet32x4->MobileNetV2", "sdd", (1, 2, 4), {"student": "MobileNetV2"}, 3, 32)  # official
+    with pytest.raises(KdbenchError) as exc:
+        require_poolable("resnet8->resnet18_imagenet", "sdd", (1, 2), {"student": "resnet18_imagenet",
+                                                                       "teacher": "resnet8"}, 3, 32)
+    assert str(exc.value) == ("pair resnet8->resnet18_imagenet: method sdd pools scales [1, 2], but the student "
+                              "resnet18_imagenet's final feature map is 1×1 on 32×32 images: no local regions; use "
+                              "scales [1] or a larger input")
+    require_poolable("resnet8->resnet18_imagenet", "sdd", (1,), {"student": "resnet18_imagenet"}, 3, 32)

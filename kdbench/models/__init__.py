@@ -3,7 +3,9 @@
 `build(name)` returns a model whose forward gives logits only. State-dict keys, shapes
 and order equal the reference zoo's (mdistiller / RepDistiller), so the published
 teacher checkpoints load with `strict=True`; global pooling is adaptive, so 28x28 and
-1-channel inputs work too.
+1-channel inputs work too. Every model splits into its final feature map and its
+classifier (`features`, `classifier`, and `last_stage`: `kdbench.models.split`), which
+`RegionForward` uses for region logits (`kdbench.models.regions`).
 
 May import: errors, core.
 """
@@ -15,6 +17,8 @@ import torch
 from kdbench.models.checkpoints import (extract_state_dict, fetch_torchvision_weights, load_state_dict_file,
                                         load_teacher, sha256_file)
 from kdbench.models.counting import count_macs, count_parameters
+from kdbench.models.regions import RegionForward, region_logits
+from kdbench.models.split import classifier, features, last_stage, splittable
 from kdbench.models.zoo import available, build, canonical, register, zoo_of
 
 # Importing a family file registers its models.
@@ -41,6 +45,7 @@ def summary_rows(num_classes: int = 100, in_channels: int = 3, image_size: int =
 
 
 __all__ = [
-    "available", "build", "canonical", "count_macs", "count_parameters", "extract_state_dict", "fetch_torchvision_weights",
-    "load_state_dict_file", "load_teacher", "register", "sha256_file", "summary_rows", "zoo_of",
+    "RegionForward", "available", "build", "canonical", "classifier", "count_macs", "count_parameters",
+    "extract_state_dict", "features", "fetch_torchvision_weights", "last_stage", "load_state_dict_file", "load_teacher",
+    "region_logits", "register", "sha256_file", "splittable", "summary_rows", "zoo_of",
 ]

@@ -54,10 +54,17 @@ class CifarResNet(nn.Module):
         layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
+    classifier_name = "fc"
+
+    def last_stage(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(global_pool(x))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.last_stage(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(global_pool(self.feature_map(x)))
 
 
 _NARROW = (16, 16, 32, 64)

@@ -90,8 +90,16 @@ class MobileNetV1(nn.Module):
         self.model = nn.Sequential(*layers)
         self.fc = nn.Linear(channels, num_classes)
 
+    classifier_name = "fc"
+
+    def last_stage(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(global_pool(self.model(x)))
+        return self.fc(global_pool(self.feature_map(x)))
 
 
 @register("mobilenetv1_imagenet", aliases=("MobileNetV1",), zoo="imagenet")

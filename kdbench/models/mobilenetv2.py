@@ -54,11 +54,19 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
         init_normal_fan_out(self, linear_std=0.01)
 
-    def forward(self, x: Tensor) -> Tensor:
+    classifier_name = "classifier"
+
+    def last_stage(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
         for stage in self.blocks:
             x = stage(x)
-        return self.classifier(global_pool(self.conv2(x)))
+        return x
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.conv2(self.last_stage(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(global_pool(self.feature_map(x)))
 
 
 @register("MobileNetV2", aliases=("mobilenetv2", "mobile_half", "mv2"))

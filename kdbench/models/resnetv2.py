@@ -81,10 +81,17 @@ class ResNetV2(nn.Module):
         self.linear = nn.Linear(in_planes, num_classes)
         init_kaiming_fan_out(self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    classifier_name = "linear"
+
+    def last_stage(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.linear(global_pool(x))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.last_stage(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(global_pool(self.feature_map(x)))
 
 
 @register("ResNet18", aliases=("resnet18",))

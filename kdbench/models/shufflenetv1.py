@@ -67,10 +67,17 @@ class ShuffleNetV1(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(planes, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    classifier_name = "linear"
+
+    def last_stage(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.linear(global_pool(x))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.last_stage(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(global_pool(self.feature_map(x)))
 
 
 @register("ShuffleV1", aliases=("shufflev1", "shufflenetv1"))

@@ -79,11 +79,17 @@ class ShuffleNetV2(nn.Module):
         self.bn2 = nn.BatchNorm2d(widths[3])
         self.linear = nn.Linear(widths[3], num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    classifier_name = "linear"
+
+    def last_stage(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return self.linear(global_pool(x))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn2(self.conv2(self.last_stage(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(global_pool(self.feature_map(x)))
 
 
 @register("ShuffleV2", aliases=("shufflev2", "shufflenetv2"))

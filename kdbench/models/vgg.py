@@ -42,7 +42,15 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(config[4][-1], num_classes)
         init_normal_fan_out(self, linear_std=0.01)
 
+    classifier_name = "classifier"
+
+    def last_stage(self, x: Tensor) -> Tensor:
+        return self.feature_map(x)
+
     def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(global_pool(self.feature_map(x)))
+
+    def feature_map(self, x: Tensor) -> Tensor:
         height = x.shape[2]
         x = F.relu(self.block0(x))
         x = F.relu(self.block1(F.max_pool2d(x, 2)))
@@ -52,8 +60,7 @@ class VGG(nn.Module):
         # at 32x32 the last two blocks both run at 4x4.
         if height == 64:
             x = F.max_pool2d(x, 2)
-        x = F.relu(self.block4(x))
-        return self.classifier(global_pool(x))
+        return F.relu(self.block4(x))
 
 
 def _define(name: str) -> None:

@@ -65,9 +65,16 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(widths[3], num_classes)
         init_normal_fan_out(self)
 
+    classifier_name = "fc"
+
+    def last_stage(self, x: Tensor) -> Tensor:
+        return self.block3(self.block2(self.block1(self.conv1(x))))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn1(self.last_stage(x)))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.block3(self.block2(self.block1(self.conv1(x))))
-        return self.fc(global_pool(F.relu(self.bn1(x))))
+        return self.fc(global_pool(self.feature_map(x)))
 
 
 def _define(depth: int, widen: int) -> None:
