@@ -1,5 +1,6 @@
 """LumiNet and CRLD: goldens from the official code (tests/fixtures/make_loss_goldens_wave3.py)
-and the official code's quirks, as tests."""
+and the official code's quirks, as tests. SDD's and WKD-L's cases of the same fixture are
+checked by tests/test_losses_sdd_wkd.py."""
 
 import importlib.util
 import json
@@ -17,6 +18,7 @@ from test_losses_wave2 import _extreme, inputs, total
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = json.loads((FIXTURES / "losses_golden_wave3.json").read_text())["cases"]
 WAVE3 = ["luminet", "crld"]
+EXTRA = ["sdd", "wkd_l"]  # cases with extra inputs: tests/test_losses_sdd_wkd.py
 _spec = importlib.util.spec_from_file_location("make_loss_goldens", FIXTURES / "make_loss_goldens.py")
 make_goldens = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_goldens)
@@ -34,7 +36,7 @@ def _shape(case: dict) -> tuple[int, int]:
     return len(student), len(student[0])
 
 
-@pytest.mark.parametrize("case", GOLDEN, ids=_case_id)
+@pytest.mark.parametrize("case", [c for c in GOLDEN if c["method"] in WAVE3], ids=_case_id)
 def test_golden_values_and_gradients_match_the_official_code(case):
     student, teacher, targets = make_goldens.case_tensors(case)
     method = methods.build(case["method"], **case["hparams"]).double()
@@ -56,8 +58,8 @@ def test_golden_values_and_gradients_match_the_official_code(case):
 
 
 def test_goldens_cover_both_methods_the_warmup_and_the_thresholds():
-    assert {c["method"] for c in GOLDEN} == set(WAVE3)
-    for name in WAVE3:
+    assert {c["method"] for c in GOLDEN} == set(WAVE3 + EXTRA)
+    for name in WAVE3 + EXTRA:
         assert {10, 100, 1000} <= {_shape(c)[1] for c in GOLDEN if c["method"] == name}, name
     assert {c["epoch"] for c in GOLDEN if c["method"] == "luminet" and not c["hparams"]} >= {1, 2, 10, 19, 20, 21, 240}
     assert {c.get("crafted") for c in GOLDEN} >= {"luminet_constant_columns", "crld_at_tau_strong", "crld_at_both_taus"}

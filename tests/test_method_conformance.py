@@ -33,6 +33,11 @@ def test_every_method_says_where_its_defaults_come_from():
     ({"epoch_hparams": ("warmup",), "reference_epochs": 0},
      "method 'bad_declaration': `reference_epochs` must be an int >= 1, got 0"),
     ({"batch_statistics": 1}, "method 'bad_declaration': `batch_statistics` must be a bool, got 1"),
+    ({"regions": 1}, "method 'bad_declaration': `regions` must be a bool, got 1"),
+    ({"regions": True}, "method 'bad_declaration': with `regions`, the instance's `scales` must be a non-empty tuple "
+                        "of ints, got None"),
+    ({"teacher_artifact": "matrix"}, "method 'bad_declaration': a `teacher_artifact` needs a classmethod "
+                                     "build_teacher_artifact(inputs) and a method set_teacher_artifact(artifact)"),
 ])
 def test_declarations_are_checked(attrs, message):
     import torch.nn.functional as F

@@ -11,6 +11,7 @@ from torch import nn
 
 from kdbench import data, methods, models
 from kdbench.grid.recipe import Options, Schedule
+from kdbench.methods import artifacts
 from kdbench.runs.teacher_files import TeacherRef, TeacherSource
 from kdbench.train.cohort import CohortSpec, TrainingInterrupted, train_cohort
 from kdbench.train.trainee import Member, Trainee, build_student
@@ -204,6 +205,9 @@ def steps_without_host_sync(trainee: Trainee, monkeypatch, precision: str = "fp3
     images = {view: torch.randn(8, 3, 16, 16) for view in trainee.views}
     targets = torch.randint(0, 10, (8,))
     teacher_logits = {view: torch.randn(8, 10) for view in trainee.views}
+    scales = trainee.region_scales
+    regions = None if scales is None else {scales: torch.randn(8, 10, sum(s * s for s in scales))}
+    artifacts.with_synthetic_artifact(trainee.method, 10)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host sync inside the training step")
@@ -211,7 +215,7 @@ def steps_without_host_sync(trainee: Trainee, monkeypatch, precision: str = "fp3
     for attr in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, attr, forbidden)
     for step in range(1, 4):
-        trainee.step(images, targets, teacher_logits, epoch=1, step=step, precision=precision)
+        trainee.step(images, targets, teacher_logits, epoch=1, step=step, precision=precision, teacher_regions=regions)
     monkeypatch.undo()
     assert trainee.first_bad_step.item() == -1
 

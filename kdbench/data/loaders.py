@@ -277,6 +277,18 @@ class TrainLoader(_SplitOnDevice):
             images = normalize(raw, self.mean, self.std, self.dtype, self.channels_last)
             yield images, self.targets[rows], self.indices[rows]
 
+    def in_order(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The split un-augmented (the padding cropped off, then normalised: the test
+        transform), float32, in the original split's order (by index), as `(images, targets,
+        indices)` batches. What a teacher artifact is built from (`kdbench.train.artifacts`)."""
+        order = torch.argsort(self.indices)
+        height, width = self.image_shape[1:]
+        size = batch_size or self.batch_size
+        for start in range(0, self.num_samples, size):
+            rows = order[start:start + size]
+            raw = self.padded[rows, :, self.pad:self.pad + height, self.pad:self.pad + width]
+            yield normalize(raw, self.mean, self.std), self.targets[rows], self.indices[rows]
+
     def strong_batches(self, epoch: int, skip: int = 0, *, shard: tuple[int, int] | None = None,
                        ) -> Iterator[torch.Tensor]:
         """MLKD's strong view of the batches of `epoch(epoch)`, from batch `skip` on.

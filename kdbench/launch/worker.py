@@ -327,7 +327,8 @@ class Worker:
                 return
             options = Options.from_dict({**self.grid.options, **runs[0].config["options"]})
             spec = CohortSpec(dataset=cohort.dataset, seed=cohort.seed, members=[self._member(r, cohort) for r in runs],
-                              teacher=ref, teacher_sha256=sha256, options=options, data_root=self.data_root)
+                              teacher=ref, teacher_sha256=sha256, options=options, data_root=self.data_root,
+                              artifact_dir=self.layout.results / "teachers" / "artifacts")
             results = train_cohort(spec, self.device, data=self._data(cohort, options), reporter=reporter,
                                    should_stop=self.stop)
             for result in results:

@@ -10,9 +10,12 @@ returning named, already-weighted scalar terms whose sum is the training loss. `
 method needs; its logits then arrive as dicts keyed by view), `needs_teacher`,
 `epoch_hparams` and `reference_epochs` (the hyper-parameters that count epochs, and the
 schedule length they were set for), `batch_statistics` (the loss couples the rows of a
-batch), and `paper`, `code` and `defaults_from` (where the method and its defaults come
-from, for listings); an optional method `epoch_scalars()` returns values to log once per
-epoch (docs/design.md, "Method contract").
+batch), `regions` (the forward also receives region logits, keyword arguments
+`student_regions` and `teacher_regions`, at the scales of its `scales` hyper-parameter),
+`teacher_artifact` (the name of data built once per teacher, `kdbench.methods.artifacts`),
+and `paper`, `code` and `defaults_from` (where the method and its defaults come from, for
+listings); an optional method `epoch_scalars()` returns values to log once per epoch
+(docs/design.md, "Method contract").
 
 Methods are found in the repository's `methods/` folder, in every folder of
 `KDBENCH_METHODS_PATH` (os.pathsep-separated) or `--methods-dir`, and in the
@@ -40,6 +43,8 @@ from kdbench.grid.recipe import REFERENCE_EPOCHS
 from kdbench.core.registry import Registry
 
 ENV_PATH = "KDBENCH_METHODS_PATH"
+#: The keyword arguments that carry region logits, (B, classes, N), to a method with `regions`.
+REGION_KWARGS = ("student_regions", "teacher_regions")
 ENTRY_POINT_GROUP = "kdbench.methods"
 
 _registry: Registry[type[nn.Module]] = Registry("method")
@@ -179,6 +184,9 @@ def _prepare_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple
     if len(args) >= 2:
         student, teacher, *rest = args
         args = (_per_view(_to_float, student), _per_view(_detached_float, teacher), *rest)
+    if REGION_KWARGS[0] in kwargs:
+        kwargs = {**kwargs, REGION_KWARGS[0]: _to_float(kwargs[REGION_KWARGS[0]]),
+                  REGION_KWARGS[1]: _detached_float(kwargs[REGION_KWARGS[1]])}
     return args, kwargs
 
 
@@ -204,6 +212,12 @@ def views_of(method: nn.Module | type[nn.Module]) -> tuple[str, ...] | None:
     """The views a method declares (`views = ("weak", "strong")`), or None: the standard view only."""
     views = getattr(method, "views", None)
     return tuple(views) if views else None
+
+
+def region_scales(method: nn.Module) -> tuple[int, ...] | None:
+    """The scales of the region logits a method instance asks for (`regions = True` and its
+    `scales`), or None: it gets none."""
+    return tuple(method.scales) if getattr(method, "regions", False) else None
 
 
 def epoch_scalars(method: nn.Module) -> dict[str, float]:

@@ -145,6 +145,7 @@ class Summary:
     teacher_checkpoint: str | None = None
     teacher_sha256: str | None = None
     teacher_top1: float | None = None
+    teacher_artifacts: dict[str, str] | None = None
     student: str | None = None
     method: str | None = None
     variant: str | None = None

@@ -5,7 +5,8 @@ and the measured costs (`step_costs`, `loss_costs`, `strong_costs`, `data_costs`
 Random data stands in for a dataset, so nothing needs to be on disk; for methods that
 train on more than one view (MLKD), a second random batch stands in for the strong view,
 so `bench` times the device's work, not the host's strong augmentation (`strong_costs`
-measures that). The cohort runs the teacher once per batch and view for all students; the
+measures that); a teacher artifact (WKD-L's) is built from a synthetic teacher, and members
+with `regions` (SDD) get the teacher's region logits from its one forward. The cohort runs the teacher once per batch and view for all students; the
 separate baseline gives each method its own teacher forwards, as one-run-per-process
 trainers do. Both use the real training step of `kdbench.train.cohort`.
 
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from kdbench import methods, models
+from kdbench.methods import artifacts
 from kdbench.core import devices
 from kdbench.train.compiling import Compiled
 from kdbench.core.console import console
@@ -52,7 +54,8 @@ class _Setup:
             member = Member(run_id=name, student=student, method=name, hparams={},
                             schedule=Schedule(batch_size=batch_size).resolve(student))
             model = build_student(student, 0, num_classes, in_channels).to(device, memory_format=fmt).train()
-            self.trainees.append(Trainee(member, model, methods.build(name).to(device), device, options))
+            method = artifacts.with_synthetic_artifact(methods.build(name), num_classes).to(device)
+            self.trainees.append(Trainee(member, model, method, device, options))
         views = list(dict.fromkeys(v for t in self.trainees for v in t.views))
         unknown = [v for v in views if v not in (WEAK, STRONG)]
         if unknown:
@@ -62,22 +65,37 @@ class _Setup:
                        .contiguous(memory_format=fmt) for v in views}
         self.targets = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
         self.teacher_views = [v for v in views if any(t.needs_teacher and v in t.views for t in self.trainees)]
+        self.teacher_regions = Compiled(models.RegionForward(self.teacher), options.compile, "teacher's region logits") \
+            if any(t.region_scales for t in self.trainees) else None
         self.step_count = 0
 
     def teacher_logits(self, views: list[str]) -> dict[str, torch.Tensor]:
         with torch.no_grad(), autocast(self.device, self.options.precision):
             return {v: self.teacher_forward(self.images[v]) for v in views}
 
+    def teacher_pass(self, views: list[str], trainees: list[Trainee]) -> tuple[dict, dict]:
+        """The teacher's logits per view and, for members with `regions`, its region logits per scales."""
+        scales = tuple(dict.fromkeys(t.region_scales for t in trainees if t.region_scales and t.needs_teacher))
+        if not scales:
+            return self.teacher_logits(views), {}
+        logits = self.teacher_logits([v for v in views if v != WEAK])
+        with torch.no_grad(), autocast(self.device, self.options.precision):
+            logits[WEAK], regions = self.teacher_regions(self.images[WEAK], scales)
+        return logits, dict(zip(scales, regions))
+
     def cohort_step(self) -> None:
         self.step_count += 1
-        logits = self.teacher_logits(self.teacher_views)
+        logits, regions = self.teacher_pass(self.teacher_views, self.trainees)
         for trainee in self.trainees:
-            trainee.step(self.images, self.targets, logits, 30, self.step_count, self.options.precision)
+            trainee.step(self.images, self.targets, logits, 30, self.step_count, self.options.precision,
+                         teacher_regions=regions)
 
     def separate_step(self, trainee: Trainee) -> None:
         self.step_count += 1
-        logits = self.teacher_logits(list(trainee.views) if trainee.needs_teacher else [])
-        trainee.step(self.images, self.targets, logits, 30, self.step_count, self.options.precision)
+        logits, regions = self.teacher_pass(list(trainee.views) if trainee.needs_teacher else [], [trainee])
+        trainee.step(self.images, self.targets, logits, 30, self.step_count, self.options.precision,
+                     teacher_regions=regions)
+
 
 
 def _timed(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
@@ -262,8 +280,9 @@ def loss_costs(method: str, hparams: dict[str, Any], *, device: str | torch.devi
                num_classes: int, quick: bool = False) -> dict[str, float]:
     """`loss_s`: seconds of a method's loss, forward and backward, on a batch of random logits (all its views)."""
     dev = torch.device(device)
-    loss = methods.build(method, **hparams).to(dev)
+    loss = artifacts.with_synthetic_artifact(methods.build(method, **hparams), num_classes).to(dev)
     views = methods.views_of(loss)
+    scales = methods.region_scales(loss)
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def logits(grad: bool) -> torch.Tensor:
@@ -272,9 +291,12 @@ def loss_costs(method: str, hparams: dict[str, Any], *, device: str | torch.devi
     student = {v: logits(True) for v in views} if views else logits(True)
     teacher = {v: logits(False) for v in views} if views else logits(False)
     targets = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
+    shape = (batch_size, num_classes, sum(s * s for s in scales or ()))
+    extra = {} if scales is None else dict(zip(methods.REGION_KWARGS, (
+        torch.randn(shape, generator=g).to(dev).requires_grad_(True), torch.randn(shape, generator=g).to(dev))))
 
     def step() -> None:
-        sum(loss(student, teacher, targets, epoch=1).values()).backward()
+        sum(loss(student, teacher, targets, epoch=1, **extra).values()).backward()
 
     return {"loss_s": settled_seconds(step, dev, quick)[0]}
 

@@ -10,6 +10,7 @@ import argparse
 import re
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from kdbench.core.console import console
@@ -29,10 +30,21 @@ def methods_table() -> Table:
     for name in methods.available():
         info = methods.describe(name)
         params = "\n".join(f"{p.name}: {p.type_name()} = {p.default!r}" for p in info.hparams) or "—"
-        views = methods.views_of(methods.method_class(name))
-        summary = info.summary + (f" [views: {', '.join(views)}]" if views else "")
-        table.add_row(name, summary, params, methods.defaults_source(name) or "—")
+        summary = " ".join([info.summary, *_inputs(name)])
+        table.add_row(name, escape(summary), escape(params), escape(methods.defaults_source(name) or "—"))
     return table
+
+
+def _inputs(name: str) -> list[str]:
+    """What method `name` gets beyond the standard view's logits, in sentences."""
+    from kdbench import methods
+    from kdbench.methods.artifacts import teacher_artifact
+
+    cls = methods.method_class(name)
+    views, artifact = methods.views_of(cls), teacher_artifact(cls)
+    return ([f"Views: {', '.join(views)}."] if views else []) + (
+        ["Region logits at its `scales`."] if getattr(cls, "regions", False) else []) + (
+        [f"Teacher artifact: {artifact}."] if artifact else [])
 
 
 def _cell(text: str) -> str:
@@ -54,8 +66,7 @@ def methods_markdown() -> str:
         info = methods.describe(name)
         paper, code = methods.reference(name)
         defaults = ", ".join(f"`{p.name}={p.default!r}`" for p in info.hparams)
-        views = methods.views_of(methods.method_class(name))
-        summary = info.summary + (f" Views: {', '.join(views)}." if views else "")
+        summary = " ".join([info.summary, *_inputs(name)])
         lines.append(f"| `{name}` | {_cell(summary)} | {_cell(paper)} | {_code_link(code) if code else '—'} "
                      f"| {defaults or '—'} | {_cell(methods.defaults_source(name))} |")
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench import models
-from kdbench.train import distributed
+from kdbench.train import artifacts, distributed
 from kdbench.runs import records
 from kdbench.train.record_writer import CohortWriter
 from kdbench.train.compiling import Compiled
@@ -38,6 +38,7 @@ from kdbench.train.progress import Reporter, SilentReporter
 from kdbench.runs.environment import environment
 from kdbench.train.determinism import NondeterminismRecorder, set_deterministic
 from kdbench.grid.recipe import Options
+from kdbench.models.regions import require_poolable
 from kdbench.runs.records import Failure, Status, now_iso
 from kdbench.train.trainee import STRONG, WEAK, CohortSpec, Member, MemberResult, Trainee, build_method, build_student
 
@@ -87,9 +88,14 @@ class _CohortTrainer:
         self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
         self.teacher: nn.Module | None = None
         self.teacher_forward: Compiled | None = None
+        self.teacher_regions: Compiled | None = None
         self.teacher_predictions: TeacherPredictions | None = None
         self._load_teacher()
         self.trainees = [self._prepare(m) for m in cohort.members]
+        artifacts.hand_over([t for t in self.trainees if t.failure is None and t.epochs_done < self.epochs],
+                            self.teacher, cohort.teacher, cohort.teacher_sha256, cohort.artifact_dir, self.data,
+                            self.options.eval_batch_size,
+                            lambda t, exc, stage: self._fail(t, exc, t.epochs_done + 1, None, stage))
 
     # ----- set-up -------------------------------------------------------------------
     def _load_teacher(self) -> None:
@@ -139,6 +145,11 @@ class _CohortTrainer:
                 require_strong_view(self.data.train, dataset=self.data.name, method=trainee.member.method)
             elif view != WEAK:
                 raise KdbenchError(f"method {trainee.member.method}: unknown view '{view}'; views are {WEAK}, {STRONG}")
+        if trainee.region_scales is not None:
+            ref = self.cohort.teacher
+            archs = {"student": trainee.member.student, **({"teacher": ref.arch} if ref else {})}
+            require_poolable(f"{ref.arch if ref else ''}->{trainee.member.student}", trainee.member.method,
+                             trainee.region_scales, archs, self.data.in_channels, self.data.image_size)
 
     def _resume(self, trainee: Trainee) -> None:
         path = self.writer.checkpoint_path(trainee)
@@ -235,16 +246,26 @@ class _CohortTrainer:
         started = time.perf_counter()
         precision = self.options.precision
         student_views, teacher_views = self._views(active)
+        # Members with `regions` get the teacher's region logits at their scales, from its one forward.
+        scale_lists = tuple(dict.fromkeys(t.region_scales for t in active if t.region_scales and t.needs_teacher))
+        if scale_lists and self.teacher_regions is None and self.teacher is not None:
+            self.teacher_regions = Compiled(models.RegionForward(self.teacher), self.options.compile,
+                                            "teacher's forward with region logits")
         for step, images, targets, shares in self._batches(epoch, skip, student_views):
             teacher_logits: dict[str, Tensor] = {}
+            teacher_regions: dict[tuple[int, ...], Tensor] = {}
             for view in teacher_views:
                 with torch.no_grad(), autocast(self.device, precision):
-                    teacher_logits[view] = self.teacher_forward(images[view])
+                    if view == WEAK and scale_lists:
+                        teacher_logits[view], regions = self.teacher_regions(images[view], scale_lists)
+                        teacher_regions = dict(zip(scale_lists, regions))
+                    else:
+                        teacher_logits[view] = self.teacher_forward(images[view])
             for trainee in active:
                 if trainee.failure is not None:
                     continue
                 try:
-                    trainee.step(images, targets, teacher_logits, epoch, step, precision, shares)
+                    trainee.step(images, targets, teacher_logits, epoch, step, precision, shares, teacher_regions)
                 except Exception as exc:
                     self._fail(trainee, exc, epoch, step, "training step")
             self.reporter.step_done(epoch, step)

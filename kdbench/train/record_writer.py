@@ -141,6 +141,7 @@ class CohortWriter:
             pair=f"{ref.name if ref else ''}->{member.student}", teacher=ref.arch if ref else None,
             teacher_checkpoint=None if ref is None else ref.checkpoint,
             teacher_sha256=self.cohort.teacher_sha256, teacher_top1=self.teacher_top1,
+            teacher_artifacts=dict(trainee.teacher_artifacts) or None,
             student=member.student, method=member.method, variant=record.pop("variant", member.method),
             hparams=member.hparams, seed=self.cohort.seed, schedule=member.schedule.to_dict(),
             protocol=member.config.get("protocol"), epoch_hparams=record.pop("epoch_hparams", None),

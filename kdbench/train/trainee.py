@@ -66,6 +66,9 @@ class CohortSpec:
     options: Options = field(default_factory=Options)
     data_root: Path = Path("data")
     teacher_model: nn.Module | None = None
+    #: Where the artifacts of a teacher not trained in the grid are cached (`<results>/teachers/artifacts`;
+    #: `kdbench.train.artifacts`); None: only a grid-trained teacher's are, beside its weights.
+    artifact_dir: Path | None = None
 
 
 @dataclass
@@ -112,6 +115,12 @@ class Trainee:
         self.multi_view = declared is not None
         self.needs_teacher = methods.needs_teacher(method)
         self.batch_statistics = methods.batch_statistics(method)
+        # With `regions`, the student runs through its feature map and classifier (logits and region logits).
+        self.region_scales = methods.region_scales(method)
+        #: SHA-256 of each teacher artifact handed to the method (`kdbench.train.artifacts`), by name,
+        #: and those its checkpoint recorded (a resumed run must get the same).
+        self.teacher_artifacts: dict[str, str] = {}
+        self.recorded_artifacts: dict[str, str] = {}
         self.method_params = list(method.parameters())
         params = list(model.parameters()) + self.method_params
         self.scaler = grad_scaler(device, options.precision)
@@ -123,7 +132,8 @@ class Trainee:
         )
         # With options.compile: the forward (and through it its backward), the loss and the
         # optimizer step are compiled; the fp16 scaler's fused step stays eager.
-        self.forward = Compiled(distributed.wrap(model, device), options.compile, "student's forward")
+        forward = model if self.region_scales is None else models.RegionForward(model)
+        self.forward = Compiled(distributed.wrap(forward, device), options.compile, "student's forward")
         self.loss = Compiled(method, options.compile, f"loss of {member.method}")
         self.optimizer_step = Compiled(self.optimizer.step, options.compile and self.scaler is None, "optimizer step")
         # Progress, restored from the checkpoint on resume.
@@ -180,14 +190,21 @@ class Trainee:
         return lr
 
     def step(self, images: dict[str, Tensor], targets: Tensor, teacher_logits: dict[str, Tensor], epoch: int,
-             step: int, precision: str, shares: tuple[int, ...] | None = None) -> None:
-        """One SGD step on the batch; `images` and `teacher_logits` are keyed by view.
+             step: int, precision: str, shares: tuple[int, ...] | None = None,
+             teacher_regions: dict[tuple[int, ...], Tensor] | None = None) -> None:
+        """One SGD step on the batch; `images` and `teacher_logits` are keyed by view, and
+        `teacher_regions` (for members with `regions`) by scales.
 
         Under DDP, `images` and `targets` are this process's share of the global batch and
         `shares` the rows of every process's share (None: this process holds the whole batch).
         """
+        regions = None
         with autocast(self.device, precision):
-            logits = {view: self.forward(images[view]) for view in self.views}
+            if self.region_scales is None:
+                logits = {view: self.forward(images[view]) for view in self.views}
+            else:
+                weak, (student_regions,) = self.forward(images[WEAK], (self.region_scales,))
+                logits = {WEAK: weak}
         with torch.autocast(self.device.type, enabled=False):
             # Without a teacher forward (none in the cohort, or the method needs none) the
             # method gets an empty teacher: a 0-d zero, or an empty dict of views.
@@ -197,8 +214,10 @@ class Trainee:
             else:
                 student = logits[WEAK].float()
                 teacher = teacher_logits[WEAK].float() if WEAK in teacher_logits else logits[WEAK].new_zeros(())
+            if self.region_scales is not None:
+                regions = (student_regions.float(), teacher_regions[self.region_scales].float())
             terms, loss, backprop = shard_loss(self.loss, self.batch_statistics, student, teacher, targets,
-                                               shares or (len(targets),), epoch)
+                                               shares or (len(targets),), epoch, regions)
         if self.term_names is None:
             self.term_names = list(terms)
         values = torch.stack([v.detach().float() for v in terms.values()])
@@ -265,6 +284,7 @@ class Trainee:
         self.partial = state.get("partial")
         self.sessions = list(state.get("sessions", []))
         self.nondeterministic_ops = list(state.get("nondeterministic_ops") or [])
+        self.recorded_artifacts = dict((state.get("record") or {}).get("teacher_artifacts") or {})
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("rng") is not None:
@@ -278,10 +298,12 @@ class Trainee:
 
 
 def shard_loss(loss: Callable[..., dict[str, Tensor]], batch_statistics: bool, student: Any, teacher: Any,
-               targets: Tensor, shares: tuple[int, ...], epoch: int) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+               targets: Tensor, shares: tuple[int, ...], epoch: int,
+               regions: tuple[Tensor, Tensor] | None = None) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """A method's terms on this process's share of a batch, their sum (what is recorded) and
     the loss to backpropagate. `student` and `teacher` are logits (dicts of them by view for
-    a multi-view method); `shares` are the rows of every process's share, in rank order.
+    a multi-view method), `regions` the student's and teacher's region logits of a method
+    with `regions`; `shares` are the rows of every process's share, in rank order.
 
     With one share both losses are the method's own. Under DDP, whose average of the
     processes' gradients then equals the single-process gradient of the global batch:
@@ -291,12 +313,14 @@ def shard_loss(loss: Callable[..., dict[str, Tensor]], batch_statistics: bool, s
     backpropagates is weighted by the share's size (`rows · processes / global rows`), since
     its terms are means over rows (the conformance suite checks) and shares may differ by one.
     """
+    extra = {} if regions is None else dict(zip(methods.REGION_KWARGS, regions))
     if len(shares) > 1 and batch_statistics:
+        extra = {key: _gathered(value, shares) for key, value in extra.items()}
         terms = loss(_gathered(student, shares), _gathered(teacher, shares), distributed.gather(targets, shares),
-                     epoch=epoch)
+                     epoch=epoch, **extra)
         total = sum(terms.values())
         return terms, total, total
-    terms = loss(student, teacher, targets, epoch=epoch)
+    terms = loss(student, teacher, targets, epoch=epoch, **extra)
     total = sum(terms.values())
     weight = len(targets) * len(shares) / sum(shares)
     return terms, total, total if weight == 1 else total * weight
