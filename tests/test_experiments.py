@@ -19,10 +19,11 @@ def test_every_grid_is_valid(path):
 def test_the_paper_grid():
     grid = config.load_grid(EXPERIMENTS / "cifar100_grid.yaml")
     runs = plan.plan(grid)
-    assert len({r.pair for r in runs}) == 14 and len({r.variant for r in runs}) == 16 and grid.seeds == [0, 1, 2]
-    assert len(runs) == 14 * 16 * 3
+    assert len({r.pair for r in runs}) == 14 and len({r.variant for r in runs}) == 18 and grid.seeds == [0, 1, 2]
+    assert len(runs) == 14 * 18 * 3
     assert {r.variant for r in runs} == {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld",
-                                         "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd", "luminet", "crld"}
+                                         "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd", "luminet", "crld",
+                                         "sdd", "wkd_l"}
     assert len(plan.cohorts(runs)) == 6 * 3  # one cohort per teacher and seed
     beta = {r.pair: r.config["hparams"]["beta"] for r in runs if r.method == "dkd"}
     assert beta["resnet56->resnet20"] == beta["resnet110->resnet32"] == beta["resnet110->resnet20"] == 2.0
@@ -35,12 +36,21 @@ def test_the_paper_grid():
         assert run.config["teacher"]["checkpoint"] == "mdistiller"
     rld = next(r for r in runs if r.method == "rld").config["hparams"]
     assert rld["alpha_temperature"] == rld["temperature"] == 4.0
+    same_family = {"resnet32x4->resnet8x4", "vgg13->vgg8", "wrn_40_2->wrn_40_1", "wrn_40_2->wrn_16_2",
+                   "resnet56->resnet20", "resnet110->resnet32", "resnet110->resnet20"}
+    scales = {r.pair: r.config["hparams"]["scales"] for r in runs if r.method == "sdd"}
+    assert scales == {pair: [1, 2] if pair in same_family else [1, 2, 4] for pair in scales} and len(scales) == 14
+    wkd = {(h["weight"], h["temperature"], h["decay_start"], h["decay_end"])
+           for h in (r.config["hparams"] for r in runs if r.method == "wkd_l")}
+    assert wkd == {(600.0, 8.0, 150, 240)}
 
 
 def test_the_fashion_mnist_grid_trains_its_teacher():
     grid = config.load_grid(EXPERIMENTS / "fashion_mnist.yaml")
     runs = plan.plan(grid)
-    assert len(runs) == 16 * 3 and all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
+    assert len(runs) == 18 * 3 and all(r.config["teacher"]["checkpoint"] == "train" for r in runs)
+    wkd = next(r for r in runs if r.method == "wkd_l").config["hparams"]
+    assert (wkd["decay_start"], wkd["decay_end"]) == (4, 7)  # 150 and 240 of 240 epochs, scaled to 7
 
 
 def test_the_imagenet_grid_is_the_reference_recipe():

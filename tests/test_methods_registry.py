@@ -15,7 +15,7 @@ from kdbench import KdbenchError, methods
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = {"vanilla", "kd", "dkd", "normkd", "label_swap", "label_revision", "rld",
-            "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd", "luminet", "crld"}
+            "dist", "ttm", "wttm", "nkd", "wsld", "ctkd", "mlkd", "luminet", "crld", "sdd", "wkd_l"}
 
 
 @pytest.fixture
