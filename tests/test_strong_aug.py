@@ -270,7 +270,7 @@ def test_loaders_without_the_strong_view_fail_with_one_line():
         require_strong_view(object(), dataset="imagenet", method="mlkd")
     assert str(info.value) == (
         "dataset 'imagenet': method 'mlkd' needs the strong augmented view, which only the in-memory datasets "
-        "with 1 or 3 channels provide (cifar100, fashion_mnist, synthetic)"
+        "with 1 or 3 channels provide (cifar100, fashion_mnist, tiny_imagenet, synthetic)"
     )
     two = _loader(channels=2)
     assert not two.supports_strong_view

@@ -73,7 +73,7 @@ def require_strong_view(loader: Any, *, dataset: str, method: str) -> None:
     if not supports_strong_view(loader):
         raise KdbenchError(
             f"dataset '{dataset}': method '{method}' needs the strong augmented view, which only the in-memory "
-            f"datasets with 1 or 3 channels provide (cifar100, fashion_mnist, synthetic)"
+            f"datasets with 1 or 3 channels provide (cifar100, fashion_mnist, tiny_imagenet, synthetic)"
         )
 
 
