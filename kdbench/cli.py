@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     bench.add_argument("--num-classes", type=int, default=100, help="classes (default: 100)")
     bench.add_argument("--no-separate", action="store_true", help="skip the one-at-a-time comparison")
+    bench.add_argument("--cuda-graphs", action="store_true",
+                       help="also time the cohort's step captured as one CUDA graph (CUDA only)")
+    bench.add_argument("--fuse-students", action="store_true",
+                       help="also time same-architecture students fused into one stacked model")
+    bench.add_argument("--fuse-backend", choices=["grouped", "vmap"], default=None,
+                       help="how fused students run: grouped convolutions (HFTA) or torch.func.vmap "
+                            "(default: grouped where the architecture allows)")
     bench.add_argument("--data-only", action="store_true",
                        help="measure only the on-device data pipeline (a CIFAR-sized epoch) and torchvision's DataLoader")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -23,6 +23,7 @@ from kdbench.methods import conformance
 from kdbench.core import devices
 from kdbench.train import determinism
 from kdbench.doctor.checks import BUG_FIX, Check, failed, one_line, passed
+from kdbench.doctor import graphs_check
 from kdbench.train.precision import gpu_has_native_bf16
 from kdbench.grid.recipe import Options, Schedule
 from kdbench.runs.records import CHECKPOINT, Status
@@ -351,10 +352,14 @@ def quick_checks(device: torch.device, scale: Scale, workdir: Path, precision: s
         return plan + [(name, iter([failed(name, f"not run: {device} can't train (see the device check)",
                                            "fix the device first")]))
                        for name in ("train fp32", f"train {second}", "resume", "compile", "bench")]
-    return plan + [
+    plan += [
         ("train fp32", train_check(device, "fp32", scale, workdir)),
         (f"train {second}", train_check(device, second, scale, workdir)),
         ("resume", resume_check(device, scale, workdir)),
         ("compile", compile_check(device, scale)),
         ("bench", bench_check(device, scale)),
     ]
+    if device.type == "cuda":  # one CUDA graph per step: captured, and equal to eager bit for bit
+        plan.append((graphs_check.NAME, graphs_check.graphs_check(
+            device, lambda: _cohort(scale, "fp32", None, deterministic=True), lambda: _splits(device, scale, workdir))))
+    return plan

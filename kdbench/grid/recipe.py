@@ -136,6 +136,10 @@ class Options:
     max_cohort_size: int = 0  # 0: no limit
     deterministic: bool = False  # deterministic algorithms (kdbench.runs.environment); can change GPU numbers
     log: tuple[str, ...] = ()  # tracking sinks (kdbench.train.tracking); never change results
+    # Speed only, the same run ids: one CUDA graph per cohort step (kdbench.train.graphs) and same-architecture
+    # members as one stacked model (kdbench.train.fused); auto: where measured to pay (on neither yet).
+    cuda_graphs: bool | str = "auto"
+    fuse_students: bool | str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a mapping."""

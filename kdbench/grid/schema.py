@@ -88,6 +88,15 @@ expands it into runs (pair × variant × seed) and cohorts. Every key::
                                    #   workspace config: can change GPU numbers, so in run ids
       log: []                      # tracking sinks fed once per epoch: tensorboard, wandb
                                    #   (kdbench[tensorboard], kdbench[wandb]); not in run ids
+      cuda_graphs: auto            # capture each cohort step as one CUDA graph and replay it
+                                   #   (the same kernels: eager's numbers); auto: on the CUDA
+                                   #   devices where it was verified (kdbench.train.graphs.
+                                   #   VERIFIED), never on a CPU; not in run ids
+      fuse_students: auto          # train a cohort's members of one architecture as one stacked
+                                   #   model, each with its own weights, BatchNorm statistics,
+                                   #   momentum and loss (equal up to rounding); each run records
+                                   #   fused_with; auto: where measured faster (not on CPUs, whose
+                                   #   grouped convolutions are slower); not in run ids
 
 Rules: unknown keys are refused with a did-you-mean suggestion. Two variants (or, after
 per-pair overrides, two variants of one pair) that resolve to the same method and
@@ -142,6 +151,8 @@ _OPTION_TYPES: dict[str, tuple[Any, float | None, bool]] = {
     "eval_batch_size": (int, 1, True),
     "max_cohort_size": (int, 0, True),
     "deterministic": (bool, None, True),
+    "cuda_graphs": (typing.Union[Literal["auto"], bool], None, True),
+    "fuse_students": (typing.Union[Literal["auto"], bool], None, True),
 }
 
 

@@ -172,6 +172,7 @@ class Summary:
     test_nll: float | None = None
     wall_seconds: float | None = None
     cohort_size: int | None = None
+    fused_with: int | None = None
     device: str | None = None
     environment: dict[str, Any] | None = None
     nondeterministic_ops: list[str] | None = None

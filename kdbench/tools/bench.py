@@ -132,11 +132,13 @@ def measure(
     image_size: int = 32,
     separate: bool = True,
     gemm_peak: bool = True,
+    cuda_graphs: bool = False, fuse_students: bool = False, fuse_backend: str | None = None,
 ) -> dict[str, Any]:
     """Training images per second of a cohort, and of the same methods trained one at a time.
 
     `precision` may be `auto` (resolved for the device). Without `gemm_peak` the matmul
     peak (a large GEMM, seconds on a CPU) is not measured nor the share of it reported.
+    `fuse_students`, `cuda_graphs`: also time those modes, in turns with eager (`kdbench.tools.fusion_bench`).
     """
     dev = devices.parse(device)
     method_names = method_names or ["kd", "dkd", "normkd", "label_swap", "rld"]
@@ -175,6 +177,10 @@ def measure(
     if gemm_peak:
         result["gemm_peak_tflops"] = gemm_peak_tflops(dev, resolved)
         result["share_of_gemm_peak"] = result["cohort_tflops"] / result["gemm_peak_tflops"]
+    if cuda_graphs or fuse_students:
+        from kdbench.tools.fusion_bench import mode_results
+        result["modes"] = mode_results(setup, result, cuda_graphs=cuda_graphs, fuse_students=fuse_students,
+                                       backend=fuse_backend, steps=steps, warmup=warmup)
     return result
 
 
@@ -371,6 +377,7 @@ def cli_bench(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps, device=args.device,
         precision=args.precision, compile=args.compile, channels_last=args.channels_last,
         num_classes=args.num_classes, separate=not args.no_separate,
+        cuda_graphs=args.cuda_graphs, fuse_students=args.fuse_students, fuse_backend=args.fuse_backend,
     )
     if args.json:
         print(json.dumps(result))
@@ -407,3 +414,6 @@ def _print_result(r: dict[str, Any]) -> None:
         peak = (f", {100 * r['share_of_gemm_peak']:.0f}% of this device's {r['precision']} matmul peak "
                 f"({r['gemm_peak_tflops'] * 1e3:,.1f} GFLOP/s, a large GEMM measured in the same run)")
     console().print(f"achieved: {r['cohort_tflops'] * 1e3:,.1f} GFLOP/s (from the models' MACs){peak}")
+    for m in r.get("modes", {}).values():  # timed in turns with an eager cohort of their own
+        console().print(f"{m['label']}: {m['student_images_per_s']:,.1f} images/s, {m['speedup']:.2f}× eager"
+                        + "".join(f"; {n}" for n in m["notes"]))

@@ -28,6 +28,7 @@ from kdbench import models
 from kdbench.train import artifacts, distributed
 from kdbench.runs import records
 from kdbench.train.record_writer import CohortWriter
+from kdbench.train.steps import EpochSteps
 from kdbench.train.compiling import Compiled
 from kdbench.data.loaders import require_strong_view
 from kdbench.errors import KdbenchError
@@ -251,7 +252,8 @@ class _CohortTrainer:
         if scale_lists and self.teacher_regions is None and self.teacher is not None:
             self.teacher_regions = Compiled(models.RegionForward(self.teacher), self.options.compile,
                                             "teacher's forward with region logits")
-        for step, images, targets, shares in self._batches(epoch, skip, student_views):
+
+        def teacher(images: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[tuple[int, ...], Tensor]]:
             teacher_logits: dict[str, Tensor] = {}
             teacher_regions: dict[tuple[int, ...], Tensor] = {}
             for view in teacher_views:
@@ -261,15 +263,16 @@ class _CohortTrainer:
                         teacher_regions = dict(zip(scale_lists, regions))
                     else:
                         teacher_logits[view] = self.teacher_forward(images[view])
-            for trainee in active:
-                if trainee.failure is not None:
-                    continue
-                try:
-                    trainee.step(images, targets, teacher_logits, epoch, step, precision, shares, teacher_regions)
-                except Exception as exc:
-                    self._fail(trainee, exc, epoch, step, "training step")
+            return teacher_logits, teacher_regions
+
+        # Each member's step, fused and captured as a CUDA graph where options.fuse_students/cuda_graphs say.
+        steps = EpochSteps(active, epoch=epoch, device=self.device, options=self.options, teacher=teacher,
+                           fail=lambda trainee, exc, step: self._fail(trainee, exc, epoch, step, "training step"))
+        for step, images, targets, shares in self._batches(epoch, skip, student_views):
+            steps.run(step, images, targets, shares)
             self.reporter.step_done(epoch, step)
             if self._stop_requested(step):
+                steps.finish()  # fused members' state into their own models and optimizers
                 elapsed = train_seconds + time.perf_counter() - started
                 for trainee in active:
                     if trainee.failure is None:
@@ -277,6 +280,7 @@ class _CohortTrainer:
                             "epoch": epoch, "step": step, "train_seconds": elapsed,
                             "accumulators": trainee.accumulators()})
                 raise TrainingInterrupted(f"stopped at epoch {epoch}, step {step}; progress saved")
+        steps.finish()
         train_seconds += time.perf_counter() - started
         self._finish_epoch(epoch, [t for t in active if t.failure is None], lrs, train_seconds, started)
 

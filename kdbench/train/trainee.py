@@ -145,6 +145,7 @@ class Trainee:
         self.failure: Failure | None = None
         self.partial: dict[str, Any] | None = None
         self.nondeterministic_ops: list[str] = []
+        self.fused_with = 1  # the size of the fused group it trains in (kdbench.train.fused); 1: alone
         self.term_names: list[str] | None = None
         # The epoch's accumulators, on the device.
         self.loss_sum = torch.zeros((), device=device)
@@ -190,7 +191,7 @@ class Trainee:
         return lr
 
     def step(self, images: dict[str, Tensor], targets: Tensor, teacher_logits: dict[str, Tensor], epoch: int,
-             step: int, precision: str, shares: tuple[int, ...] | None = None,
+             step: int | Tensor, precision: str, shares: tuple[int, ...] | None = None,
              teacher_regions: dict[tuple[int, ...], Tensor] | None = None) -> None:
         """One SGD step on the batch; `images` and `teacher_logits` are keyed by view, and
         `teacher_regions` (for members with `regions`) by scales.
@@ -231,15 +232,24 @@ class Trainee:
             distributed.average_gradients(self.method_params)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        self.accumulate(loss, values, logits[WEAK], targets, step)
 
-        # Everything below stays on the device: no host sync in the step.
+    def accumulate(self, loss: Tensor, values: Tensor, logits: Tensor, targets: Tensor, step: int | Tensor) -> None:
+        """Add a step (its loss, stacked terms and weak-view logits) to the epoch's accumulators.
+
+        On the device, with no host sync, and in place: a CUDA graph replays these very tensors
+        (`kdbench.train.graphs`), which also passes `step` (1-based) as a 0-d tensor.
+        """
         detached = loss.detach().float()
         self.loss_sum += detached
-        self.correct += (logits[WEAK].detach().argmax(dim=1) == targets).sum()
-        self.term_sums = values if self.term_sums is None else self.term_sums + values
+        self.correct += (logits.detach().argmax(dim=1) == targets).sum()
         first_bad = (~torch.isfinite(detached)) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(first_bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
-        self.bad_terms = values if self.bad_terms is None else torch.where(first_bad, values, self.bad_terms)
+        if self.term_sums is None or self.bad_terms is None:
+            self.term_sums, self.bad_terms = values.clone(), values.clone()
+        else:
+            self.term_sums += values
+            self.bad_terms.copy_(torch.where(first_bad, values, self.bad_terms))
+        self.first_bad_step.copy_(torch.where(first_bad, step, self.first_bad_step))
 
     def checkpoint(self, data_seed: int, teacher_sha256: str | None, record: dict[str, Any],
                    partial: dict[str, Any] | None = None) -> dict[str, Any]:
