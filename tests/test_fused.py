@@ -188,13 +188,16 @@ def test_the_stacked_model_computes_each_member_for_every_architecture(arch):
     stack = StackedModel([copy.deepcopy(m) for m in ms], backend)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     out = stack(x)
+    # An ImageNet-depth network ends at 1x1, where training-mode BatchNorm normalises two values
+    # per channel and so amplifies the summation-order rounding (measured 1.7e-10 on ResNet-50).
+    rtol = 1e-8 if arch.endswith("_imagenet") else RTOL64
     for k, m in enumerate(ms):
         expected = m(x)
-        assert (out[k] - expected).abs().max().item() <= 1e-10 * expected.abs().max().item(), (arch, backend)
+        assert (out[k] - expected).abs().max().item() <= rtol * expected.abs().max().item(), (arch, backend)
         # Training-mode BatchNorm updated each member's own running statistics.
         ref = dict(m.named_buffers())
         for name, buf in stack.buffers.items():
-            assert (buf[k] - ref[name]).abs().max().item() <= 1e-10 * max(ref[name].abs().max().item(), 1), name
+            assert (buf[k] - ref[name]).abs().max().item() <= rtol * max(ref[name].abs().max().item(), 1), name
 
 
 def test_the_packing_would_mix_shufflenet_members_so_they_take_vmap():
