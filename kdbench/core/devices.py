@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
+from typing import Any, Callable
+
 import torch
 
 from kdbench.errors import KdbenchError
@@ -41,3 +45,18 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (for timing); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, calls: int, warmup: int = 0, windows: int = 1) -> float:
+    """Seconds per call: the fastest of `windows` windows of `calls` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    best = math.inf
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best

@@ -97,18 +97,6 @@ class _Setup:
                      teacher_regions=regions)
 
 
-
-def _timed(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    devices.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    devices.synchronize(device)
-    return time.perf_counter() - start
-
-
 def method_list(text: str) -> list[str]:
     """`--methods`: comma-separated names, or `all` for every registered method."""
     names = [m.strip() for m in text.split(",") if m.strip()]
@@ -150,7 +138,7 @@ def measure(
     options = Options(precision=resolved, channels_last=channels_last, compile=compile)
     setup = _Setup(teacher, student, method_names, dev, options, batch_size, num_classes, in_channels, image_size)
     k = len(method_names)
-    cohort_seconds = _timed(setup.cohort_step, steps, warmup, dev)
+    cohort_seconds = steps * devices.timed(setup.cohort_step, dev, steps, warmup)
     result: dict[str, Any] = {
         "teacher": models.canonical(teacher), "student": models.canonical(student), "methods": method_names,
         "cohort_size": k, "batch_size": batch_size, "steps": steps, "device": str(dev),
@@ -164,7 +152,7 @@ def measure(
         result["precision_requested"] = precision
     if separate:
         separate_seconds = sum(
-            _timed(lambda t=t: setup.separate_step(t), steps, warmup, dev) for t in setup.trainees
+            steps * devices.timed(lambda t=t: setup.separate_step(t), dev, steps, warmup) for t in setup.trainees
         )
         result["separate_student_images_per_s"] = k * batch_size * steps / separate_seconds
         result["speedup"] = result["student_images_per_s"] / result["separate_student_images_per_s"]
@@ -197,8 +185,8 @@ def gemm_peak_tflops(device: torch.device, precision: str, size: int | None = No
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=g).to(device, dtype)
     b = torch.randn(size, size, generator=g).to(device, dtype)
-    seconds = _timed(lambda: a @ b, repeats, 2, device)
-    return 2 * size**3 * repeats / seconds / 1e12
+    seconds = devices.timed(lambda: a @ b, device, repeats, warmup=2)
+    return 2 * size**3 / seconds / 1e12
 
 
 # ----------------------------------------------------------------- costs for the estimate
@@ -231,11 +219,7 @@ def settled_seconds(fn: Callable[[], Any], device: torch.device, quick: bool = F
     warm = time.perf_counter() - start
     best = math.inf
     for i in range(repeats):
-        begin = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        devices.synchronize(device)
-        best = min(best, (time.perf_counter() - begin) / steps)
+        best = min(best, devices.timed(fn, device, steps))
         if i >= 1 and time.perf_counter() - start > budget:
             break
     return best, max(0.0, warm - warmup * best)

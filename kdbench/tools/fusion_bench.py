@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -36,21 +35,6 @@ from kdbench.train.trainee import Trainee
 
 #: The modes `measure_modes` knows, in the order `kdbench bench` prints them.
 MODES = ("eager", "fused", "graphs", "graphs+fused")
-
-
-def timed(fn: Callable[[], Any], device: torch.device, calls: int, warmup: int, windows: int = 1) -> float:
-    """Seconds per call: the fastest of `windows` windows of `calls` calls, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    devices.synchronize(device)
-    best = math.inf
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        devices.synchronize(device)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
 
 
 def _raise(trainee: Trainee, exc: BaseException, step: int) -> None:
@@ -87,7 +71,7 @@ def measure_modes(setup: Any, modes: list[str], steps: int, warmup: int, device:
                 graphs.STATS["fallbacks"] == before.get("fallbacks", 0)
     for _ in range(rounds):
         for mode, (_, run) in runners.items():
-            out[mode]["seconds"] = min(out[mode]["seconds"], timed(run, device, steps, 0))
+            out[mode]["seconds"] = min(out[mode]["seconds"], devices.timed(run, device, steps))
     for epoch, _ in runners.values():
         epoch.finish()
     for trainee in setup.trainees:
@@ -229,7 +213,7 @@ def layer_bench(arch: str, members: int, *, device: str | torch.device | None = 
             def run(fn: Callable[[], None] = fn) -> None:
                 with autocast(dev, precision):
                     fn()
-            ms[name] = 1e3 * timed(run, dev, calls, warmup=2 if dev.type == "cpu" else 5,
+            ms[name] = 1e3 * devices.timed(run, dev, calls, warmup=2 if dev.type == "cpu" else 5,
                                    windows=2 if dev.type == "cpu" else 3)
         fused_pick = min(("grouped", "vmap"), key=ms.__getitem__)
         rows.append({"layer": shape.label(), **asdict(shape), **{f"{k}_ms": v for k, v in ms.items()},

@@ -265,12 +265,7 @@ def member_terms(trainee: Trainee, logits: dict[str, Tensor], teacher_logits: di
     """A member's (terms stacked, loss, loss to backpropagate) from its logits, as `Trainee.step`
     computes them (the method in float32 outside autocast, an empty teacher where none ran)."""
     with torch.autocast(trainee.device.type, enabled=False):
-        if trainee.multi_view:
-            student: Any = {v: logits[v].float() for v in trainee.views}
-            teacher: Any = {v: teacher_logits[v].float() for v in trainee.views if v in teacher_logits}
-        else:
-            student = logits[WEAK].float()
-            teacher = teacher_logits[WEAK].float() if WEAK in teacher_logits else logits[WEAK].new_zeros(())
+        student, teacher = trainee.method_inputs(logits, teacher_logits)
         terms, loss, backprop = shard_loss(trainee.loss, trainee.batch_statistics, student, teacher, targets,
                                            shares or (len(targets),), epoch)
     if trainee.term_names is None:

@@ -207,14 +207,7 @@ class Trainee:
                 weak, (student_regions,) = self.forward(images[WEAK], (self.region_scales,))
                 logits = {WEAK: weak}
         with torch.autocast(self.device.type, enabled=False):
-            # Without a teacher forward (none in the cohort, or the method needs none) the
-            # method gets an empty teacher: a 0-d zero, or an empty dict of views.
-            if self.multi_view:
-                student: Any = {v: logits[v].float() for v in self.views}
-                teacher: Any = {v: teacher_logits[v].float() for v in self.views if v in teacher_logits}
-            else:
-                student = logits[WEAK].float()
-                teacher = teacher_logits[WEAK].float() if WEAK in teacher_logits else logits[WEAK].new_zeros(())
+            student, teacher = self.method_inputs(logits, teacher_logits)
             if self.region_scales is not None:
                 regions = (student_regions.float(), teacher_regions[self.region_scales].float())
             terms, loss, backprop = shard_loss(self.loss, self.batch_statistics, student, teacher, targets,
@@ -233,6 +226,17 @@ class Trainee:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.accumulate(loss, values, logits[WEAK], targets, step)
+
+    def method_inputs(self, logits: dict[str, Tensor], teacher_logits: dict[str, Tensor]) -> tuple[Any, Any]:
+        """The (student, teacher) logits the method is called with, in float32: tensors of the
+        weak view, or dicts by view for multi-view methods."""
+        # Without a teacher forward (none in the cohort, or the method needs none) the
+        # method gets an empty teacher: a 0-d zero, or an empty dict of views.
+        if self.multi_view:
+            return ({v: logits[v].float() for v in self.views},
+                    {v: teacher_logits[v].float() for v in self.views if v in teacher_logits})
+        teacher = teacher_logits[WEAK].float() if WEAK in teacher_logits else logits[WEAK].new_zeros(())
+        return logits[WEAK].float(), teacher
 
     def accumulate(self, loss: Tensor, values: Tensor, logits: Tensor, targets: Tensor, step: int | Tensor) -> None:
         """Add a step (its loss, stacked terms and weak-view logits) to the epoch's accumulators.
