@@ -138,30 +138,30 @@ def measure(
     options = Options(precision=resolved, channels_last=channels_last, compile=compile)
     setup = _Setup(teacher, student, method_names, dev, options, batch_size, num_classes, in_channels, image_size)
     k = len(method_names)
-    cohort_seconds = steps * devices.timed(setup.cohort_step, dev, steps, warmup)
+    step_seconds = devices.timed(setup.cohort_step, dev, steps, warmup)
     result: dict[str, Any] = {
         "teacher": models.canonical(teacher), "student": models.canonical(student), "methods": method_names,
         "cohort_size": k, "batch_size": batch_size, "steps": steps, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "precision": resolved, "channels_last": channels_last,
         "compile": compile, "torch": torch.__version__,
-        "student_images_per_s": k * batch_size * steps / cohort_seconds,
+        "student_images_per_s": k * batch_size / step_seconds,
         "views": {t.member.method: list(t.views) for t in setup.trainees if t.multi_view},
     }
     if precision != resolved:
         result["precision_requested"] = precision
     if separate:
-        separate_seconds = sum(
-            steps * devices.timed(lambda t=t: setup.separate_step(t), dev, steps, warmup) for t in setup.trainees
+        separate_step_seconds = sum(
+            devices.timed(lambda t=t: setup.separate_step(t), dev, steps, warmup) for t in setup.trainees
         )
-        result["separate_student_images_per_s"] = k * batch_size * steps / separate_seconds
+        result["separate_student_images_per_s"] = k * batch_size / separate_step_seconds
         result["speedup"] = result["student_images_per_s"] / result["separate_student_images_per_s"]
     teacher_macs = models.count_macs(setup.teacher, in_channels, image_size)  # the eager module; compiling wraps it
     student_macs = models.count_macs(models.build(student, num_classes, in_channels), in_channels, image_size)
     # Training a student costs about 3 forwards (forward + backward) per view; the teacher 1 per view.
     student_views = sum(len(t.views) for t in setup.trainees)
     flops_per_step = 2 * batch_size * (len(setup.teacher_views) * teacher_macs + 3 * student_views * student_macs)
-    result["cohort_tflops"] = flops_per_step * steps / cohort_seconds / 1e12
+    result["cohort_tflops"] = flops_per_step / step_seconds / 1e12
     if gemm_peak:
         result["gemm_peak_tflops"] = gemm_peak_tflops(dev, resolved)
         result["share_of_gemm_peak"] = result["cohort_tflops"] / result["gemm_peak_tflops"]

@@ -214,7 +214,7 @@ def layer_bench(arch: str, members: int, *, device: str | torch.device | None = 
                 with autocast(dev, precision):
                     fn()
             ms[name] = 1e3 * devices.timed(run, dev, calls, warmup=2 if dev.type == "cpu" else 5,
-                                   windows=2 if dev.type == "cpu" else 3)
+                                           windows=2 if dev.type == "cpu" else 3)
         fused_pick = min(("grouped", "vmap"), key=ms.__getitem__)
         rows.append({"layer": shape.label(), **asdict(shape), **{f"{k}_ms": v for k, v in ms.items()},
                      "faster_fused": fused_pick, "fused_vs_separate": ms["separate"] / ms[fused_pick]})
